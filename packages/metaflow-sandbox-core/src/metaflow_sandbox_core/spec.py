@@ -1,0 +1,79 @@
+"""What to create: `SandboxSpec` and its parts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+class NetworkPolicy(str, enum.Enum):
+    """How much network a sandbox gets."""
+
+    NONE = "none"  # no network at all
+    DATASTORE = "datastore"  # only what the datastore needs (see `SandboxSpec.network_allow`)
+    FULL = "full"  # unrestricted egress
+
+    @classmethod
+    def parse(cls, value: str | NetworkPolicy) -> NetworkPolicy:
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(p.value) for p in cls)
+            raise ConfigError(f"network={value!r} is not a network policy; use one of {choices}.") from None
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path made visible inside the sandbox (only for backends that can mount)."""
+
+    host_path: str
+    sandbox_path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything a backend needs to create one sandbox.
+
+    Sizes are in MiB, times in seconds. `None` means "the backend's default".
+    """
+
+    image: str | None = None
+    cpu: float | None = None
+    memory_mb: int | None = None
+    gpu: int | None = None
+    disk_mb: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    network: NetworkPolicy = NetworkPolicy.NONE
+    network_allow: tuple[str, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "network", NetworkPolicy.parse(self.network))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the fix when a field is out of range."""
+        for name in ("cpu", "memory_mb", "gpu", "disk_mb", "timeout"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name}={value!r} must be a number.")
+            if value < 0 or (value == 0 and name != "gpu"):
+                raise ConfigError(f"{name}={value!r} must be greater than 0.")
+        for key, value in self.env.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigError(f"env[{key!r}]={value!r}: environment keys and values must be strings.")
+        for key, value in self.labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigError(f"labels[{key!r}]={value!r}: labels must map strings to strings.")
+        for mount in self.mounts:
+            if not mount.sandbox_path.startswith("/"):
+                raise ConfigError(f"mount target {mount.sandbox_path!r} must be an absolute path.")
