@@ -1,0 +1,115 @@
+"""Where a sandbox's files live: its private host directory and how sandbox paths map onto it."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from metaflow_sandbox_core import ConfigError, Mount
+
+SANDBOX_USER = "sandbox"
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_HOSTNAME = "sandbox"
+SANDBOX_HOME = "/home/sandbox"
+SANDBOX_TMP = "/tmp"
+#: The default working directory of commands.
+SANDBOX_WORKDIR = "/sandbox"
+
+PASSWD = (
+    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_GID}:{SANDBOX_USER}:{SANDBOX_HOME}:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+)
+GROUP = f"root:x:0:\n{SANDBOX_USER}:x:{SANDBOX_GID}:\nnogroup:x:65534:\n"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path visible at `sandbox_path`."""
+
+    host_path: str
+    sandbox_path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class SandboxLayout:
+    """The private host directory of one sandbox.
+
+    `tmp/`, `home/` and `work/` back the sandbox's writable `/tmp`, `/home/sandbox` and `/sandbox`;
+    `etc/` holds the synthesized `passwd` and `group`; `sandbox.json` is the sandbox's record.
+    """
+
+    host_dir: str
+
+    @property
+    def record_file(self) -> str:
+        return os.path.join(self.host_dir, "sandbox.json")
+
+    @property
+    def passwd_file(self) -> str:
+        return os.path.join(self.host_dir, "etc", "passwd")
+
+    @property
+    def group_file(self) -> str:
+        return os.path.join(self.host_dir, "etc", "group")
+
+    def private_binds(self) -> tuple[Bind, ...]:
+        """The sandbox's own writable directories."""
+        return (
+            Bind(os.path.join(self.host_dir, "tmp"), SANDBOX_TMP, read_only=False),
+            Bind(os.path.join(self.host_dir, "home"), SANDBOX_HOME, read_only=False),
+            Bind(os.path.join(self.host_dir, "work"), SANDBOX_WORKDIR, read_only=False),
+        )
+
+    def identity_binds(self) -> tuple[Bind, ...]:
+        """The synthesized `/etc/passwd` and `/etc/group`."""
+        return (
+            Bind(self.passwd_file, "/etc/passwd", read_only=True),
+            Bind(self.group_file, "/etc/group", read_only=True),
+        )
+
+    def create(self) -> None:
+        """Make the directory tree (private to the caller) and write the identity files."""
+        os.mkdir(self.host_dir, 0o700)
+        os.mkdir(os.path.join(self.host_dir, "etc"), 0o755)
+        for bind in self.private_binds():
+            os.mkdir(bind.host_path, 0o755)
+        for path, text in ((self.passwd_file, PASSWD), (self.group_file, GROUP)):
+            with open(path, "w", encoding="utf-8") as file:
+                file.write(text)
+
+
+def mount_binds(mounts: Sequence[Mount]) -> tuple[Bind, ...]:
+    """`SandboxSpec.mounts` as binds."""
+    return tuple(Bind(m.host_path, posixpath.normpath(m.sandbox_path), m.read_only) for m in mounts)
+
+
+def host_path_for(sandbox_path: str, binds: Sequence[Bind], *, for_write: bool) -> str:
+    """The host file behind `sandbox_path`; `ConfigError` unless it lies in one of `binds`.
+
+    The innermost bind wins (a mount inside `/tmp` shadows the private `/tmp`). Symlinks are resolved
+    on the host and must stay inside the bind, so a link planted by sandboxed code cannot reach host files.
+    """
+    if not sandbox_path.startswith("/"):
+        raise ConfigError(f"Sandbox path {sandbox_path!r} must be absolute.")
+    path = posixpath.normpath(sandbox_path)
+    matches = [b for b in binds if path == b.sandbox_path or path.startswith(b.sandbox_path.rstrip("/") + "/")]
+    if not matches:
+        places = ", ".join(sorted({b.sandbox_path for b in binds}))
+        raise ConfigError(
+            f"{sandbox_path!r} is not in a directory this backend can reach from the host; use a path under {places}."
+        )
+    bind = max(matches, key=lambda b: len(b.sandbox_path))
+    if for_write and bind.read_only:
+        raise ConfigError(f"{sandbox_path!r} is on the read-only mount {bind.sandbox_path!r}.")
+    relative = posixpath.relpath(path, bind.sandbox_path)
+    host_path = bind.host_path if relative == "." else os.path.join(bind.host_path, relative)
+    base = os.path.realpath(bind.host_path)
+    resolved = os.path.realpath(host_path)
+    if resolved != base and not resolved.startswith(base.rstrip("/") + "/"):
+        raise ConfigError(f"{sandbox_path!r} resolves through a symlink to outside {bind.sandbox_path!r}.")
+    return resolved

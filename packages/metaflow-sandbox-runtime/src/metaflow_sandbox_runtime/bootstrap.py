@@ -1,0 +1,162 @@
+"""In-sandbox bootstrap: run one Metaflow step as a plan says, with live mflog-formatted output.
+
+Usage: python -I -S bootstrap.py PLAN.json
+
+Standard library only, and self-contained: this file is shipped into the sandbox on its own, before
+the code package (which carries metaflow) is available. It
+  1. makes the code package available (an extracted directory, or an archive extracted once),
+  2. runs the step with the plan's argv, environment and working directory,
+  3. decorates every output line as an mflog record (`[MFLOG|0|<utc>Z|task|<id>]line`), writes it to
+     its own stdout/stderr at once (the launcher streams it) and appends it to the task's log files,
+  4. exits with the step's exit code (128 + N when the step was killed by signal N).
+"""
+
+import datetime
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tarfile
+
+MAX_LINE = 1 << 20  # a longer line is cut into records of this size
+READ_SIZE = 1 << 16
+EXTRACTED_MARKER = ".metaflow-sandbox-extracted"
+
+
+def _extract_package(archive, dest):
+    if os.path.exists(os.path.join(dest, EXTRACTED_MARKER)):
+        return
+    os.makedirs(dest, exist_ok=True)
+    with tarfile.open(archive, "r:*") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:  # pragma: no cover - Python < 3.8.17
+            for member in tar.getmembers():
+                target = os.path.realpath(os.path.join(dest, member.name))
+                if not target.startswith(os.path.realpath(dest) + os.sep):
+                    raise SystemExit("unsafe path in code package: %r" % member.name)
+            tar.extractall(dest)
+    open(os.path.join(dest, EXTRACTED_MARKER), "w").close()
+
+
+class _LineDecorator:
+    """Turns raw output chunks into mflog records, line by line, with bounded memory."""
+
+    def __init__(self, source, out_fd, log_file):
+        self._prefix = b"|" + source.encode("ascii") + b"|"
+        self._out_fd = out_fd
+        self._log = log_file
+        self._pending = b""
+        self._counter = 0
+        self._id = ("%x-" % os.getpid()).encode("ascii")
+
+    def feed(self, chunk):
+        data = self._pending + chunk
+        lines = data.split(b"\n")
+        self._pending = lines.pop()
+        while len(self._pending) > MAX_LINE:
+            lines.append(self._pending[:MAX_LINE])
+            self._pending = self._pending[MAX_LINE:]
+        if lines:
+            self._emit(lines)
+
+    def close(self):
+        if self._pending:
+            self._emit([self._pending])
+            self._pending = b""
+
+    def _emit(self, lines):
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f").encode()
+        head = b"[MFLOG|0|" + stamp + b"Z" + self._prefix
+        records = []
+        for line in lines:
+            self._counter += 1
+            records.append(b"%s%s%d]%s\n" % (head, self._id, self._counter, line))
+        blob = b"".join(records)
+        if self._log is not None:
+            self._log.write(blob)
+        view = memoryview(blob)
+        while view:
+            written = os.write(self._out_fd, view)
+            view = view[written:]
+
+
+def _open_log(path):
+    if not path:
+        return None
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return open(path, "ab", buffering=0)
+
+
+def run(plan):
+    """Execute `plan` (a dict) and return the step's exit code."""
+    package = plan.get("package") or {}
+    if package.get("archive"):
+        _extract_package(package["archive"], package["dir"])
+    workdir = plan.get("workdir") or os.getcwd()
+    os.makedirs(workdir, exist_ok=True)
+    env = dict(plan.get("env") or {})
+    source = plan.get("log_source", "task")
+    logs = plan.get("log_paths") or {}
+
+    step = subprocess.Popen(
+        [plan["python"], *plan["argv"]],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def forward(signum, _frame):
+        try:
+            step.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+
+    assert step.stdout is not None and step.stderr is not None
+    decorators = {
+        step.stdout.fileno(): _LineDecorator(source, 1, _open_log(logs.get("stdout"))),
+        step.stderr.fileno(): _LineDecorator(source, 2, _open_log(logs.get("stderr"))),
+    }
+    selector = selectors.DefaultSelector()
+    for fd in decorators:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    open_fds = set(decorators)
+    while open_fds:
+        for key, _ in selector.select():
+            fd = key.fd
+            try:
+                chunk = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                continue
+            if chunk:
+                decorators[fd].feed(chunk)
+            else:
+                selector.unregister(fd)
+                open_fds.discard(fd)
+                decorators[fd].close()
+    code = step.wait()
+    return 128 - code if code < 0 else code
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write("usage: bootstrap.py PLAN.json\n")
+        return 2
+    with open(argv[1], "rb") as f:
+        plan = json.load(f)
+    if plan.get("version") != 1:
+        sys.stderr.write("bootstrap.py: unsupported plan version %r\n" % plan.get("version"))
+        return 2
+    return run(plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,58 @@
+"""The plan: what the bootstrap runs inside the sandbox, as data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """Everything `bootstrap.py` needs; serialised as JSON and shipped into the sandbox.
+
+    `package_dir` is where the code package is (or will be) extracted; set `package_archive` to have
+    the bootstrap extract an archive there first. `log_paths` maps "stdout"/"stderr" to files inside
+    the sandbox that receive the mflog records.
+    """
+
+    python: str
+    argv: list[str]
+    package_dir: str
+    workdir: str
+    env: dict[str, str] = field(default_factory=dict)
+    package_archive: str | None = None
+    log_paths: dict[str, str] = field(default_factory=dict)
+    log_source: str = "task"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        package = {"dir": data.pop("package_dir"), "archive": data.pop("package_archive")}
+        return {"version": PLAN_VERSION, "package": package, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        data = dict(data)
+        if data.pop("version", None) != PLAN_VERSION:
+            raise ValueError("unsupported plan version")
+        package = data.pop("package")
+        return cls(package_dir=package["dir"], package_archive=package.get("archive"), **data)
+
+    def command(self, bootstrap_path: str, plan_path: str) -> list[str]:
+        """The argv that runs this plan inside the sandbox (isolated mode: no site, no user env)."""
+        return [self.python, "-I", "-S", bootstrap_path, plan_path]
+
+
+def bootstrap_source() -> bytes:
+    """The bytes of `bootstrap.py`, to upload into a sandbox."""
+    return resources.files(__package__).joinpath("bootstrap.py").read_bytes()
+
+
+def bootstrap_path() -> str:
+    """The path of `bootstrap.py` on this machine (for backends that mount it instead)."""
+    return str(resources.files(__package__).joinpath("bootstrap.py"))

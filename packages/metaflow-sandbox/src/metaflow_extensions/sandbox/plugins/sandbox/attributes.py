@@ -1,0 +1,17 @@
+"""The decorator attributes and their defaults (no imports: loaded inside sandboxes too)."""
+
+ATTRIBUTE_DEFAULTS = {
+    "backend": None,
+    "image": None,
+    "cpu": None,
+    "memory": None,
+    "gpu": None,
+    "disk": None,
+    "timeout": None,
+    "env": None,
+    "network": None,
+    "options": None,
+}
+
+#: Set inside a sandbox to the task's private staging directory.
+STAGING_ENV = "METAFLOW_SANDBOX_STAGING"

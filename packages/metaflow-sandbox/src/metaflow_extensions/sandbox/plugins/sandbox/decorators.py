@@ -1,0 +1,278 @@
+"""The step decorators: @sandbox and one per backend (@bubblewrap, @boxlite, @daytona, @e2b).
+
+Loaded inside sandboxes too, so the module imports only metaflow and the standard library at the top;
+backend and core packages are imported when a hook needs them.
+"""
+
+import os
+import sys
+
+from metaflow.decorators import StepDecorator
+from metaflow.exception import MetaflowException
+from metaflow.plugins.timeout_decorator import get_run_time_limit_for_task
+
+from .attributes import ATTRIBUTE_DEFAULTS, STAGING_ENV
+
+OTHER_COMPUTE_DECORATORS = ("batch", "kubernetes")
+LIGHT_LAUNCHER = "metaflow_extensions.sandbox.plugins.sandbox.launch"
+
+
+class SandboxException(MetaflowException):
+    headline = "Sandbox error"
+
+
+class SandboxDecorator(StepDecorator):
+    """Runs this step in a throwaway sandbox; the rest of the flow is unchanged.
+
+    Parameters
+    ----------
+    backend : str, optional
+        "bubblewrap", "boxlite", "daytona", "e2b" or any installed backend. Default: METAFLOW_SANDBOX_BACKEND,
+        else the strongest local isolation that works on this machine.
+    image : str, optional
+        Image to start from (backend-specific; bubblewrap runs the host system read-only).
+    cpu, memory, gpu, disk : number, optional
+        CPUs, memory (MiB), GPUs and disk (MiB); `@resources` values apply when these are unset.
+    timeout : number, optional
+        Sandbox lifetime in seconds. Default: the step's `@timeout`, else Metaflow's default (5 days).
+    env : dict, optional
+        Extra environment variables for the step (strings only). Nothing else of the host's leaks in.
+    network : str, default "none"
+        "none", "datastore" (only what the datastore needs) or "full".
+    options : dict, optional
+        Backend-specific settings.
+    """
+
+    name = "sandbox"
+    backend_name = None  # set by the per-backend subclasses
+    defaults = dict(ATTRIBUTE_DEFAULTS)
+
+    supports_conda_environment = True
+    target_platform = "linux-64"
+
+    _announced_default = False
+    _saved_packages = {}  # (datastore root, run id) -> (url, sha, package metadata)
+
+    # -- every process (runtime and task) --------------------------------------------------
+    def step_init(self, flow, graph, step, decos, environment, flow_datastore, logger):
+        if os.environ.get(STAGING_ENV):
+            from .staged_storage import install_staged_storage
+
+            install_staged_storage(flow_datastore, os.environ[STAGING_ENV])
+            return
+        self.step = step
+        self.decos = decos
+        self.flow_datastore = flow_datastore
+        self.environment = environment
+        self._check_combination(step, decos)
+        from metaflow_sandbox_core import SandboxError
+
+        try:
+            self._resolve(decos, flow_datastore, logger)
+        except SandboxError as error:
+            raise SandboxException("Step *%s*: %s" % (step, error))
+        self.run_time_limit = get_run_time_limit_for_task(decos)
+
+    def _check_combination(self, step, decos):
+        names = [d.name for d in decos]
+        sandboxes = [d.name for d in decos if isinstance(d, SandboxDecorator)]
+        if len(sandboxes) > 1:
+            raise SandboxException(
+                "Step *%s* has %s; use exactly one sandbox decorator per step."
+                % (step, " and ".join("@" + n for n in sandboxes))
+            )
+        for other in OTHER_COMPUTE_DECORATORS:
+            if other in names:
+                raise SandboxException(
+                    "Step *%s* combines @%s with @%s; a step runs on one compute layer — remove one of them."
+                    % (step, self.name, other)
+                )
+        if "parallel" in names:
+            raise SandboxException(
+                "Step *%s*: @%s does not support @parallel (multi-node) steps; use a plain foreach instead."
+                % (step, self.name)
+            )
+
+    def _resolve(self, decos, flow_datastore, logger):
+        from metaflow_sandbox_core import ConfigError, backend_class, pick_default_backend
+
+        from .options import parse_options
+
+        options = parse_options(self._attributes_with_resources(decos))
+        name = self._backend_name(options, pick_default_backend, logger)
+        backend = backend_class(name)()
+        backend.check()
+        if options.network not in backend.capabilities.network_policies:
+            raise ConfigError(
+                "network=%r is not supported by the %r backend (it supports %s)."
+                % (options.network.value, name, ", ".join(sorted(p.value for p in backend.capabilities.network_policies)))
+            )
+        if flow_datastore.TYPE == "local" and not backend.capabilities.can_mount:
+            raise ConfigError(
+                "The %r backend cannot see this machine's files, so it cannot use the local datastore. "
+                "Run with --datastore=s3 and set METAFLOW_DATASTORE_SYSROOT_S3 (and METAFLOW_S3_ENDPOINT_URL "
+                "for an S3-compatible store)." % name
+            )
+        if flow_datastore.TYPE != "local":
+            raise ConfigError(
+                "The %s datastore is not supported by sandboxed steps in this version; use the local "
+                "datastore (--datastore=local)." % flow_datastore.TYPE
+            )
+        self.options = options
+        self.backend_resolved = name
+
+    def _attributes_with_resources(self, decos):
+        attributes = dict(self.attributes)
+        for deco in decos:
+            if deco.name == "resources":
+                for key in ("cpu", "memory", "gpu", "disk"):
+                    if attributes.get(key) in (None, "") and deco.attributes.get(key) not in (None, "", 0, "0"):
+                        attributes[key] = deco.attributes[key]
+        return attributes
+
+    def _backend_name(self, options, pick_default_backend, logger):
+        from metaflow_sandbox_core import ConfigError
+
+        if self.backend_name:
+            if options.backend and options.backend != self.backend_name:
+                raise ConfigError(
+                    "@%s cannot run on backend=%r; use @sandbox(backend=%r) instead."
+                    % (self.name, options.backend, options.backend)
+                )
+            return self.backend_name
+        if options.backend:
+            return options.backend
+        from metaflow.metaflow_config import SANDBOX_BACKEND
+
+        if SANDBOX_BACKEND:
+            return SANDBOX_BACKEND
+        name, why = pick_default_backend()
+        if not SandboxDecorator._announced_default:
+            SandboxDecorator._announced_default = True
+            logger("@sandbox runs on %r: %s. Set METAFLOW_SANDBOX_BACKEND to choose." % (name, why))
+        return name
+
+    # -- runtime (launcher) process --------------------------------------------------------
+    def runtime_init(self, flow, graph, package, run_id):
+        self.flow = flow
+        self.package = package
+        self.run_id = run_id
+
+    def runtime_task_created(self, task_datastore, task_id, split_index, input_paths, is_cloned, ubf_context):
+        self.task_datastore = task_datastore
+        if not is_cloned:
+            self._save_package_once()
+
+    def _save_package_once(self):
+        key = (self.flow_datastore.datastore_root, self.run_id)
+        if key not in SandboxDecorator._saved_packages:
+            url, sha = self.flow_datastore.save_data([self.package.blob], len_hint=1)[0]
+            SandboxDecorator._saved_packages[key] = (url, sha, self.package.package_metadata)
+        return SandboxDecorator._saved_packages[key]
+
+    def runtime_step_cli(self, cli_args, retry_count, max_user_code_retries, ubf_context):
+        if retry_count > max_user_code_retries:
+            return  # @catch fallback: runs locally, like @batch
+        launch = self._task_launch(cli_args, retry_count)
+        from metaflow.metaflow_config import SANDBOX_LAUNCHER
+
+        cli_args.commands = ["sandbox", "step"]
+        cli_args.command_options["sandbox-launch"] = launch.save(os.path.join(launch.cache_dir, "launch"))
+        if SANDBOX_LAUNCHER == "cli":
+            cli_args.entrypoint[0] = sys.executable
+        else:
+            cli_args.entrypoint = [sys.executable, "-m", LIGHT_LAUNCHER]
+
+    def _task_launch(self, cli_args, retry_count):
+        from metaflow import util
+        from metaflow.metaflow_config import SANDBOX_CACHE_DIR, SERVICE_HEADERS, SERVICE_URL
+        from metaflow.package import MetaflowPackage
+
+        from .task_launch import TaskLaunch
+
+        url, sha, package_metadata = self._save_package_once()
+        package_env = {}
+        for key, value in MetaflowPackage.get_post_extract_env_vars(
+            package_metadata, dest_dir="{package_dir}"
+        ).items():
+            package_env[key.rstrip(":")] = value
+        options = self.options
+        step_env = {
+            "METAFLOW_USER": util.get_username() or "sandbox",
+            "METAFLOW_RUN_ID": str(self.run_id),
+            "METAFLOW_DEFAULT_METADATA": "local",
+            "METAFLOW_DEFAULT_DATASTORE": self.flow_datastore.TYPE,
+            "METAFLOW_CODE_URL": url,
+            "METAFLOW_CODE_SHA": sha,
+            "METAFLOW_CODE_DS": self.flow_datastore.TYPE,
+            "METAFLOW_CODE_METADATA": package_metadata,
+            "PYTHONUNBUFFERED": "x",
+            "LANG": "C.UTF-8",
+        }
+        for deco in self.decos:
+            if deco.name == "environment":
+                step_env.update({k: str(v) for k, v in deco.attributes.get("vars", {}).items()})
+        step_env.update(options.env)
+        metadata_type = cli_args.top_level_options.get("metadata") or "local"
+        prefixes = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+        cache_dir = SANDBOX_CACHE_DIR or os.path.join(os.path.expanduser("~"), ".cache", "metaflow-sandbox")
+        return TaskLaunch(
+            backend=self.backend_resolved,
+            spec={
+                "image": options.image,
+                "cpu": options.cpu,
+                "memory_mb": options.memory_mb,
+                "gpu": options.gpu,
+                "disk_mb": options.disk_mb,
+                "timeout": options.timeout,
+                "network": options.network.value,
+                "options": options.options,
+            },
+            flow=self.flow.name,
+            run_id=str(self.run_id),
+            step=self.step,
+            task_id=str(self.task_datastore.task_id),
+            attempt=int(retry_count),
+            datastore_type=self.flow_datastore.TYPE,
+            datastore_root=self.flow_datastore.datastore_root,
+            metadata_type=metadata_type,
+            service_url=SERVICE_URL if metadata_type == "service" else None,
+            service_headers=dict(SERVICE_HEADERS or {}) if metadata_type == "service" else {},
+            package_blob=url,
+            package_sha=sha,
+            package_env=package_env,
+            python=sys.executable,
+            python_prefixes=prefixes,
+            flow_file=os.path.basename(sys.argv[0]),
+            cache_dir=os.path.abspath(cache_dir),
+            step_env=step_env,
+            run_time_limit=float(self.run_time_limit),
+        )
+
+
+class BubblewrapDecorator(SandboxDecorator):
+    """Runs this step in a bubblewrap (Linux namespaces) sandbox. Same parameters as @sandbox."""
+
+    name = "bubblewrap"
+    backend_name = "bubblewrap"
+
+
+class BoxliteDecorator(SandboxDecorator):
+    """Runs this step in a boxlite micro-VM. Same parameters as @sandbox."""
+
+    name = "boxlite"
+    backend_name = "boxlite"
+
+
+class DaytonaDecorator(SandboxDecorator):
+    """Runs this step in a Daytona cloud sandbox. Same parameters as @sandbox."""
+
+    name = "daytona"
+    backend_name = "daytona"
+
+
+class E2BDecorator(SandboxDecorator):
+    """Runs this step in an E2B cloud sandbox. Same parameters as @sandbox."""
+
+    name = "e2b"
+    backend_name = "e2b"

@@ -1,0 +1,93 @@
+"""Decorator attributes → validated `SandboxOptions` (pure logic; no metaflow, no backend)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from metaflow_sandbox_core import ConfigError, NetworkPolicy
+
+from .attributes import ATTRIBUTE_DEFAULTS
+
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """What the user asked for, checked. Sizes in MiB, times in seconds; None = backend default."""
+
+    backend: str | None = None
+    image: str | None = None
+    cpu: float | None = None
+    memory_mb: int | None = None
+    gpu: int | None = None
+    disk_mb: int | None = None
+    timeout: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    network: NetworkPolicy = NetworkPolicy.NONE
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _number(name: str, value: Any, example: str) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is not a number; use e.g. {example}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a number; use e.g. {example}.")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name}={value!r} is not a finite number; use e.g. {example}.")
+    return number
+
+
+def _positive(name: str, value: Any, example: str, *, allow_zero: bool = False) -> float | None:
+    number = _number(name, value, example)
+    if number is not None and (number < 0 or (number == 0 and not allow_zero)):
+        raise ConfigError(f"{name}={value!r} must be greater than 0; use e.g. {example}.")
+    return number
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):  # from --with sandbox:env='{"A": "1"}'
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a mapping; use e.g. {name}={{'KEY': 'value'}}.")
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}={value!r} is not a mapping; use e.g. {name}={{'KEY': 'value'}}.")
+    return dict(value)
+
+
+def parse_options(attributes: Mapping[str, Any]) -> SandboxOptions:
+    """Validate decorator attributes; raise `ConfigError` naming the fix."""
+    unknown = set(attributes) - set(ATTRIBUTE_DEFAULTS)
+    if unknown:
+        raise ConfigError(
+            f"Unknown sandbox attribute(s) {sorted(unknown)}; backend-specific settings go in options={{...}}."
+        )
+    env = _mapping("env", attributes.get("env"))
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(
+                f"env[{key!r}]={value!r}: environment values must be strings; use env={{{key!r}: {str(value)!r}}}."
+            )
+    memory = _positive("memory", attributes.get("memory"), "memory=4096 (MiB)")
+    disk = _positive("disk", attributes.get("disk"), "disk=10240 (MiB)")
+    gpu = _positive("gpu", attributes.get("gpu"), "gpu=1", allow_zero=True)
+    network = attributes.get("network")
+    return SandboxOptions(
+        backend=attributes.get("backend") or None,
+        image=attributes.get("image") or None,
+        cpu=_positive("cpu", attributes.get("cpu"), "cpu=2"),
+        memory_mb=int(memory) if memory is not None else None,
+        gpu=int(gpu) if gpu else None,
+        disk_mb=int(disk) if disk is not None else None,
+        timeout=_positive("timeout", attributes.get("timeout"), "timeout=3600 (seconds)"),
+        env=env,
+        network=NetworkPolicy.parse(network) if network else NetworkPolicy.NONE,
+        options=_mapping("options", attributes.get("options")),
+    )

@@ -1,0 +1,59 @@
+"""`TaskLaunch`: what the runtime hands the launcher for one task attempt (a JSON file, no secrets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TaskLaunch:
+    """Everything the launcher needs besides its argv. Written by the decorator, read by the launcher."""
+
+    backend: str
+    spec: dict[str, Any]  # SandboxSpec keyword arguments (no mounts, no labels)
+    flow: str
+    run_id: str
+    step: str
+    task_id: str
+    attempt: int
+    datastore_type: str
+    datastore_root: str
+    metadata_type: str  # the launcher's metadata provider: "local" or "service"
+    package_blob: str  # where the code package archive is
+    package_sha: str
+    package_env: dict[str, str]  # post-extract variables with "{package_dir}" placeholders
+    python: str
+    python_prefixes: list[str]
+    flow_file: str
+    cache_dir: str
+    service_url: str | None = None
+    service_headers: dict[str, str] = field(default_factory=dict)
+    step_env: dict[str, str] = field(default_factory=dict)
+    run_time_limit: float = 5 * 24 * 3600
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            "metaflow.flow": self.flow,
+            "metaflow.run": self.run_id,
+            "metaflow.step": self.step,
+            "metaflow.task": self.task_id,
+            "metaflow.attempt": str(self.attempt),
+        }
+
+    def save(self, directory: str) -> str:
+        """Write to a private file in `directory`; return its path."""
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"{self.step}-{self.task_id}-{self.attempt}-", suffix=".json", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> TaskLaunch:
+        with open(path) as f:
+            return cls(**json.load(f))

@@ -1,0 +1,38 @@
+import pytest
+
+from metaflow_extensions.sandbox.plugins.sandbox.options import parse_options
+from metaflow_extensions.sandbox.plugins.sandbox.step_command import parse_step_command
+from metaflow_sandbox_core import ConfigError, NetworkPolicy
+
+
+def test_parses_strings_from_with():
+    opts = parse_options({"cpu": "2", "memory": "1024", "env": '{"A": "b"}', "network": "full"})
+    assert (opts.cpu, opts.memory_mb, opts.env, opts.network) == (2.0, 1024, {"A": "b"}, NetworkPolicy.FULL)
+
+
+@pytest.mark.parametrize(
+    "attrs, fragment",
+    [
+        ({"cpu": 0}, "cpu=0 must be greater than 0"),
+        ({"cpu": -1}, "greater than 0"),
+        ({"cpu": "two"}, "cpu='two' is not a number"),
+        ({"memory": "lots"}, "memory='lots' is not a number"),
+        ({"env": {"A": 1}}, "environment values must be strings"),
+        ({"network": "some"}, "not a network policy"),
+        ({"colour": "red"}, "Unknown sandbox attribute"),
+    ],
+)
+def test_bad_input_names_the_fix(attrs, fragment):
+    with pytest.raises(ConfigError) as err:
+        parse_options(attrs)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_step_command_split_and_inner_argv():
+    argv = ["--quiet", "--metadata", "service", "--with", "sandbox", "sandbox", "step", "train",
+            "--run-id", "5", "--sandbox-launch", "/x.json", "--tag", "sandbox"]
+    cmd = parse_step_command(argv)
+    assert cmd.launch_path == "/x.json"
+    assert cmd.inner_argv("/pkg/flow.py") == ["-u", "/pkg/flow.py", "--quiet", "--metadata", "local", "--with",
+                                               "sandbox", "step", "train", "--run-id", "5", "--tag", "sandbox"]

@@ -1,0 +1,118 @@
+"""Fixtures for end-to-end tests: real flows, real bwrap, local metadata or a real metaflow-local-service."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+FLOWS = Path(__file__).parent / "flows"
+METADATA_MODES = ("local", "service")
+
+
+@dataclass
+class Project:
+    """A throwaway project directory with its own HOME, cache and (optionally) metadata service."""
+
+    root: Path
+    metadata: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def flow(self, name: str) -> Path:
+        target = self.root / name
+        shutil.copy(FLOWS / name, target)
+        return target
+
+    def command(self, flow_file: str, *args: str) -> list[str]:
+        return [sys.executable, str(self.root / flow_file), "--metadata", self.metadata, "--datastore", "local", *args]
+
+    def run(self, flow_file: str, *args: str, check: bool = True, timeout: float = 600, **env: str):
+        if not (self.root / flow_file).exists():
+            self.flow(flow_file)
+        result = subprocess.run(
+            self.command(flow_file, *args),
+            cwd=self.root,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"flow failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def query(self, code: str) -> object:
+        """Run client code (which sets `result`) in a fresh interpreter; return `result`."""
+        script = "import json\nfrom metaflow import Flow, namespace\nnamespace(None)\n"
+        script += textwrap.dedent(code) + "\nprint('__RESULT__' + json.dumps(result, default=str))\n"
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=120
+        )
+        if out.returncode != 0:
+            raise AssertionError(f"client query failed:\n{out.stdout}\n{out.stderr}")
+        line = next(line for line in out.stdout.splitlines() if line.startswith("__RESULT__"))
+        return json.loads(line[len("__RESULT__") :])
+
+
+def _base_env(tmp: Path) -> dict[str, str]:
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.update(
+        HOME=str(home),
+        METAFLOW_USER="tester",
+        METAFLOW_SANDBOX_CACHE_DIR=str(tmp / "cache"),
+        METAFLOW_SANDBOX_BACKEND=os.environ.get("MFS_TEST_BACKEND", "bubblewrap"),
+        PYTHONPATH=os.environ.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+@pytest.fixture(params=METADATA_MODES)
+def project(request, tmp_path) -> Project:
+    """A project for each metadata mode: local files, or a real metaflow-local-service."""
+    env = _base_env(tmp_path)
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / ".metaflow").mkdir()
+    proj = Project(root=root, metadata=request.param, env=env)
+    if request.param == "service":
+        service = shutil.which("metaflow-local-service", path=os.path.dirname(sys.executable)) or shutil.which(
+            "metaflow-local-service"
+        )
+        if service is None:
+            pytest.fail("metaflow-local-service is not installed (it is a test dependency)")
+        subprocess.run(
+            [service, "start", "--port", "0", "--metaflow-root", str(root), "--idle-timeout", "600"],
+            env=env, check=True, capture_output=True, timeout=60,
+        )
+        url = subprocess.run([service, "url"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+        proj.env.update(METAFLOW_SERVICE_URL=url, METAFLOW_DEFAULT_METADATA="service")
+        request.addfinalizer(lambda: subprocess.run([service, "stop"], env=env, capture_output=True, timeout=60))
+    return proj
+
+
+def sandbox_processes(marker: str) -> list[int]:
+    """PIDs of live processes whose command line or environment mentions `marker`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if marker.encode() in cmdline or marker.encode() in environ:
+            found.append(int(pid))
+    return found
