@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 FLOWS = Path(__file__).parent / "flows"
-METADATA_MODES = ("local", "service")
+METADATA_MODES = tuple(os.environ.get("MFS_TEST_METADATA", "local,service").split(","))
 
 
 @dataclass
@@ -36,14 +37,22 @@ class Project:
     def run(self, flow_file: str, *args: str, check: bool = True, timeout: float = 600, **env: str):
         if not (self.root / flow_file).exists():
             self.flow(flow_file)
-        result = subprocess.run(
+        proc = subprocess.Popen(
             self.command(flow_file, *args),
             cwd=self.root,
             env={**self.env, **env},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
+            start_new_session=True,
         )
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and every task it started
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"flow did not finish in {timeout}s:\n{stdout}\n{stderr}")
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
         if check and result.returncode != 0:
             raise AssertionError(f"flow failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result

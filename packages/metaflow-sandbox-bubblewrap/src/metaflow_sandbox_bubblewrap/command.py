@@ -96,7 +96,9 @@ def build_env(spec_env: Mapping[str, str], run_env: Mapping[str, str] | None) ->
         if not isinstance(key, str) or not isinstance(value, str):
             raise ConfigError(f"env[{key!r}]={value!r}: environment keys and values must be strings.")
         if not key or "=" in key or "\0" in key or "\0" in value:
-            raise ConfigError(f"env[{key!r}]: names must be non-empty without '=' or NUL; values without NUL.")
+            raise ConfigError(
+                f"env[{key!r}]: names must be non-empty without '=' or NUL; values without NUL."
+            )
     return env
 
 

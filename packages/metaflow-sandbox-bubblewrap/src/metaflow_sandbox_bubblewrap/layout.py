@@ -97,7 +97,9 @@ def host_path_for(sandbox_path: str, binds: Sequence[Bind], *, for_write: bool) 
     if not sandbox_path.startswith("/"):
         raise ConfigError(f"Sandbox path {sandbox_path!r} must be absolute.")
     path = posixpath.normpath(sandbox_path)
-    matches = [b for b in binds if path == b.sandbox_path or path.startswith(b.sandbox_path.rstrip("/") + "/")]
+    matches = [
+        b for b in binds if path == b.sandbox_path or path.startswith(b.sandbox_path.rstrip("/") + "/")
+    ]
     if not matches:
         places = ", ".join(sorted({b.sandbox_path for b in binds}))
         raise ConfigError(

@@ -19,10 +19,12 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 
 MAX_LINE = 1 << 20  # a longer line is cut into records of this size
 READ_SIZE = 1 << 16
 EXTRACTED_MARKER = ".metaflow-sandbox-extracted"
+DRAIN_SECONDS = 0.5  # how long to keep reading after the step exited while its pipes stay open
 
 
 def _extract_package(archive, dest):
@@ -129,8 +131,9 @@ def run(plan):
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)
     open_fds = set(decorators)
+    drain_until = None
     while open_fds:
-        for key, _ in selector.select():
+        for key, _ in selector.select(timeout=0.2):
             fd = key.fd
             try:
                 chunk = os.read(fd, READ_SIZE)
@@ -141,7 +144,14 @@ def run(plan):
             else:
                 selector.unregister(fd)
                 open_fds.discard(fd)
-                decorators[fd].close()
+        if drain_until is None and step.poll() is not None:
+            # The step is gone; a process it left behind may hold the pipes open. Take what is
+            # there, then stop: the sandbox (and that process) is destroyed when we return.
+            drain_until = time.monotonic() + DRAIN_SECONDS
+        if drain_until is not None and time.monotonic() > drain_until:
+            break
+    for decorator in decorators.values():
+        decorator.close()
     code = step.wait()
     return 128 - code if code < 0 else code
 

@@ -190,7 +190,9 @@ class BackendConformance:
         assert hashlib.sha256(sandbox.download("/tmp/conformance/nested/blob.bin")).hexdigest() == digest
 
     def test_file_written_by_command_is_downloadable(self, sandbox: Sandbox) -> None:
-        assert sandbox.run(sh("printf 'made inside\\n\\000\\377' > /tmp/made.bin"), timeout=COMMAND_TIMEOUT) == 0
+        assert (
+            sandbox.run(sh("printf 'made inside\\n\\000\\377' > /tmp/made.bin"), timeout=COMMAND_TIMEOUT) == 0
+        )
         assert sandbox.download("/tmp/made.bin") == b"made inside\n\x00\xff"
 
     # -- environment --------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ class BackendConformance:
     def test_env_arrives_byte_exact(self, create_sandbox: Callable[..., Sandbox]) -> None:
         spec_env = {
             "MFS_SPACES": "  leading, inner  and trailing  ",
-            "MFS_QUOTES": "it's \"quoted\" `tick` $(not run) $HOME \\ back",
+            "MFS_QUOTES": 'it\'s "quoted" `tick` $(not run) $HOME \\ back',
             "MFS_NEWLINES": "line one\nline two\n",
             "MFS_UNICODE": "grüße ✓ 日本語",
             "MFS_EMPTY": "",
@@ -219,7 +221,7 @@ class BackendConformance:
         monkeypatch.setenv("MFS_CANARY_SECRET", canary)
         sandbox = create_sandbox(env={"MFS_VISIBLE": "visible-marker"})
         run = run_captured(
-            sandbox, sh("env; for f in /proc/[0-9]*/environ; do cat \"$f\"; echo; done 2>/dev/null; true")
+            sandbox, sh('env; for f in /proc/[0-9]*/environ; do cat "$f"; echo; done 2>/dev/null; true')
         )
         output = run.output("stdout") + run.output("stderr")
         assert b"visible-marker" in output, "the sandbox's own environment was not readable"

@@ -13,6 +13,8 @@ from metaflow.plugins.timeout_decorator import get_run_time_limit_for_task
 
 from .attributes import ATTRIBUTE_DEFAULTS, STAGING_ENV
 
+VALIDATED_ENV = "METAFLOW_SANDBOX_VALIDATED"
+
 OTHER_COMPUTE_DECORATORS = ("batch", "kubernetes")
 LIGHT_LAUNCHER = "metaflow_extensions.sandbox.plugins.sandbox.launch"
 
@@ -50,7 +52,7 @@ class SandboxDecorator(StepDecorator):
     supports_conda_environment = True
     target_platform = "linux-64"
 
-    _announced_default = False
+    _default_backend = None
     _saved_packages = {}  # (datastore root, run id) -> (url, sha, package metadata)
 
     # -- every process (runtime and task) --------------------------------------------------
@@ -64,6 +66,9 @@ class SandboxDecorator(StepDecorator):
         self.decos = decos
         self.flow_datastore = flow_datastore
         self.environment = environment
+        self.run_time_limit = get_run_time_limit_for_task(decos)
+        if os.environ.get(VALIDATED_ENV) == str(os.getppid()):
+            return  # a task process whose runtime (our parent) already validated every sandboxed step
         self._check_combination(step, decos)
         from metaflow_sandbox_core import SandboxError
 
@@ -71,7 +76,6 @@ class SandboxDecorator(StepDecorator):
             self._resolve(decos, flow_datastore, logger)
         except SandboxError as error:
             raise SandboxException("Step *%s*: %s" % (step, error))
-        self.run_time_limit = get_run_time_limit_for_task(decos)
 
     def _check_combination(self, step, decos):
         names = [d.name for d in decos]
@@ -120,6 +124,8 @@ class SandboxDecorator(StepDecorator):
             )
         self.options = options
         self.backend_resolved = name
+        # Processes the runtime spawns inherit this and skip re-validating (and re-probing backends).
+        os.environ[VALIDATED_ENV] = str(os.getpid())
 
     def _attributes_with_resources(self, decos):
         attributes = dict(self.attributes)
@@ -146,11 +152,11 @@ class SandboxDecorator(StepDecorator):
 
         if SANDBOX_BACKEND:
             return SANDBOX_BACKEND
-        name, why = pick_default_backend()
-        if not SandboxDecorator._announced_default:
-            SandboxDecorator._announced_default = True
+        if SandboxDecorator._default_backend is None:
+            name, why = pick_default_backend()
             logger("@sandbox runs on %r: %s. Set METAFLOW_SANDBOX_BACKEND to choose." % (name, why))
-        return name
+            SandboxDecorator._default_backend = name
+        return SandboxDecorator._default_backend
 
     # -- runtime (launcher) process --------------------------------------------------------
     def runtime_init(self, flow, graph, package, run_id):

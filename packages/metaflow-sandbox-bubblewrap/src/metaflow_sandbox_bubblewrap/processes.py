@@ -1,0 +1,73 @@
+"""Process bookkeeping: exit codes, killing a bwrap process group, recognising a recorded pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A pid plus its kernel start time, so a reused pid is never mistaken for ours."""
+
+    pid: int
+    start_time: int | None
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef:
+        return cls(pid, process_start_time(pid))
+
+    def is_alive(self) -> bool:
+        """True while this very process (not a later one with the same pid) runs; zombies count as gone."""
+        fields = _stat_fields(self.pid)
+        return fields is not None and fields[0] not in (b"Z", b"X") and int(fields[19]) == self.start_time
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 (state) on, None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), None if gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def exit_code(returncode: int) -> int:
+    """A Popen return code as a shell would report it: 128 + signal number when killed by a signal."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def kill_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group `process` leads (it was started with a new session), if still ours.
+
+    Killing bwrap ends the whole sandbox: its pid-namespace init dies with it (--die-with-parent), and
+    the kernel kills everything else in the namespace.
+    """
+    if process.poll() is not None:  # reaped: the pid may already belong to someone else
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def kill_recorded(ref: ProcessRef, wait: float = 5.0) -> None:
+    """SIGKILL the process group of a recorded (possibly foreign-parented) bwrap and wait until it is gone."""
+    if not ref.is_alive():
+        return
+    try:
+        os.killpg(ref.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait
+    while ref.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)

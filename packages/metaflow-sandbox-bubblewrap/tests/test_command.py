@@ -1,0 +1,119 @@
+"""Unit tests of the pure bwrap argv / environment builder (no bwrap needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from metaflow_sandbox_bubblewrap.command import (
+    BASE_ENV,
+    HostSystem,
+    SystemDir,
+    build_bwrap_argv,
+    build_env,
+    validate_argv,
+)
+from metaflow_sandbox_bubblewrap.layout import Bind, SandboxLayout, mount_binds
+from metaflow_sandbox_core import ConfigError, Mount, NetworkPolicy
+
+HOST = HostSystem(
+    system_dirs=(SystemDir("/usr"), SystemDir("/bin", "usr/bin"), SystemDir("/lib64")),
+    etc_entries=("/etc/ssl", "/etc/resolv.conf"),
+)
+LAYOUT = SandboxLayout("/state/bwrap-0123456789abcdef")
+
+
+def build(
+    network: NetworkPolicy = NetworkPolicy.NONE, mounts: tuple[Mount, ...] = (), cwd: str = "/sandbox"
+) -> list[str]:
+    binds = (*LAYOUT.identity_binds(), *LAYOUT.private_binds(), *mount_binds(mounts))
+    return build_bwrap_argv(
+        "/usr/bin/bwrap", host=HOST, network=network, binds=binds, argv=["sh", "-c", "echo hi"], cwd=cwd
+    )
+
+
+def pairs(argv: list[str], flag: str, arity: int = 2) -> list[tuple[str, ...]]:
+    """Every occurrence of `flag` with its `arity` arguments."""
+    return [tuple(argv[i + 1 : i + 1 + arity]) for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_exact_shape() -> None:
+    assert build() == [
+        "/usr/bin/bwrap",
+        "--unshare-all", "--unshare-user", "--unshare-pid",
+        "--uid", "1000", "--gid", "1000", "--hostname", "sandbox",
+        "--die-with-parent", "--new-session",
+        "--ro-bind", "/usr", "/usr",
+        "--symlink", "usr/bin", "/bin",
+        "--ro-bind", "/lib64", "/lib64",
+        "--ro-bind", "/etc/ssl", "/etc/ssl",
+        "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf",
+        "--proc", "/proc", "--dev", "/dev",
+        "--ro-bind", f"{LAYOUT.host_dir}/etc/passwd", "/etc/passwd",
+        "--ro-bind", f"{LAYOUT.host_dir}/etc/group", "/etc/group",
+        "--bind", f"{LAYOUT.host_dir}/tmp", "/tmp",
+        "--bind", f"{LAYOUT.host_dir}/home", "/home/sandbox",
+        "--bind", f"{LAYOUT.host_dir}/work", "/sandbox",
+        "--remount-ro", "/",
+        "--chdir", "/sandbox",
+        "--", "sh", "-c", "echo hi",
+    ]  # fmt: skip
+
+
+def test_network_none_unshares_everything() -> None:
+    argv = build(NetworkPolicy.NONE)
+    assert "--unshare-all" in argv
+    assert "--share-net" not in argv
+
+
+@pytest.mark.parametrize("network", [NetworkPolicy.DATASTORE, NetworkPolicy.FULL])
+def test_network_shared_for_datastore_and_full(network: NetworkPolicy) -> None:
+    argv = build(network)
+    assert argv.index("--share-net") > argv.index("--unshare-all")
+
+
+def test_never_binds_whole_root_or_shadow() -> None:
+    argv = build()
+    sources = [source for source, _ in pairs(argv, "--ro-bind") + pairs(argv, "--bind")]
+    assert "/" not in sources
+    assert not [s for s in sources if "shadow" in s or s in ("/etc", "/root", "/home")]
+
+
+def test_mounts_follow_private_dirs_and_keep_read_only_flag() -> None:
+    argv = build(
+        mounts=(Mount("/data/ro", "/tmp/in", read_only=True), Mount("/data/rw", "/out", read_only=False))
+    )
+    assert ("/data/ro", "/tmp/in") in pairs(argv, "--ro-bind")
+    assert ("/data/rw", "/out") in pairs(argv, "--bind")
+    private_tmp = argv.index(f"{LAYOUT.host_dir}/tmp")
+    assert argv.index("/data/ro") > private_tmp, "a mount inside /tmp must come after the private /tmp"
+    assert argv.index("/data/rw") < argv.index("--remount-ro")
+
+
+def test_command_follows_separator_and_cwd() -> None:
+    argv = build(cwd="/tmp/work")
+    assert pairs(argv, "--chdir", 1) == [("/tmp/work",)]
+    assert argv[argv.index("--") + 1 :] == ["sh", "-c", "echo hi"]
+
+
+def test_env_is_base_then_spec_then_run_and_nothing_from_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MFS_HOST_ONLY", "secret")
+    env = build_env({"A": "spec", "B": "spec", "LANG": "de_DE.UTF-8"}, {"B": "run"})
+    assert env == {**BASE_ENV, "A": "spec", "B": "run", "LANG": "de_DE.UTF-8"}
+    assert set(BASE_ENV) == {"PATH", "HOME", "LANG", "TMPDIR"}
+
+
+@pytest.mark.parametrize("bad", [{"A=B": "x"}, {"": "x"}, {"A": "nul\0byte"}])
+def test_env_rejects_unrepresentable_variables(bad: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        build_env(bad, None)
+
+
+@pytest.mark.parametrize("bad", [[], "echo hi", ["sh", 3], ["a\0b"]])
+def test_argv_must_be_a_list_of_strings(bad: object) -> None:
+    with pytest.raises(ConfigError):
+        validate_argv(bad)  # type: ignore[arg-type]
+
+
+def test_bind_of_layout_is_private() -> None:
+    assert [b.sandbox_path for b in LAYOUT.private_binds()] == ["/tmp", "/home/sandbox", "/sandbox"]
+    assert all(isinstance(b, Bind) and not b.read_only for b in LAYOUT.private_binds())

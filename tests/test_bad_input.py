@@ -1,0 +1,111 @@
+"""Bad input: a one-line error naming the fix, before any sandbox exists, and a clean stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from .conftest import _base_env
+
+pytestmark = pytest.mark.integration
+
+FLOW = """
+from metaflow import FlowSpec, step, sandbox, bubblewrap, daytona, batch, parallel, resources
+class BadFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.work)
+{decorators}
+    @step
+    def work(self):
+        self.next(self.end)
+    @step
+    def end(self):
+        pass
+if __name__ == "__main__":
+    BadFlow()
+"""
+
+CASES = {
+    "unknown-backend": ("@sandbox(backend='nope')", "Unknown sandbox backend 'nope'"),
+    "not-installed": ("@daytona", 'pip install "metaflow-sandbox[daytona]"'),
+    "cpu-zero": ("@sandbox(cpu=0)", "cpu=0 must be greater than 0"),
+    "cpu-text": ("@sandbox(cpu='many')", "cpu='many' is not a number"),
+    "memory-text": ("@sandbox(memory='lots')", "memory='lots' is not a number"),
+    "env-not-string": ("@sandbox(env={'A': 1})", "environment values must be strings"),
+    "with-batch": ("@batch\n    @sandbox", "combines @sandbox with @batch"),
+    "two-sandboxes": ("@bubblewrap\n    @sandbox", "use exactly one sandbox decorator"),
+    "bad-network": ("@bubblewrap(network='sideways')", "not a network policy"),
+}
+
+
+def run_bad(tmp_path: Path, decorators: str, env_extra: dict | None = None, parallel: bool = False):
+    source = FLOW.format(decorators=textwrap.indent(decorators, "    ") if decorators else "")
+    if parallel:
+        source = source.replace("self.next(self.work)", "self.next(self.work, num_parallel=2)")
+        source = source.replace("def work(self):\n        self.next(self.end)",
+                                "def work(self):\n        self.next(self.join)\n    @step\n    def join(self, inputs):\n        self.next(self.end)")
+    flow = tmp_path / "bad_flow.py"
+    flow.write_text(source)
+    env = {**_base_env(tmp_path), **(env_extra or {})}
+    result = subprocess.run([sys.executable, str(flow), "--metadata", "local", "run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    return result, tmp_path / "cache"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_decorator_input(tmp_path, case):
+    decorators, message = CASES[case]
+    result, cache = run_bad(tmp_path, decorators)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output
+    assert "Traceback" not in output, output
+    assert not (cache / "staging").exists(), "a sandbox was prepared despite bad input"
+    assert "Task is starting" not in output
+
+
+def test_parallel_is_refused(tmp_path):
+    result, _ = run_bad(tmp_path, "@parallel\n@sandbox", parallel=True)
+    assert result.returncode != 0
+    assert "does not support @parallel" in result.stdout + result.stderr
+
+
+def test_missing_bwrap_names_the_install_command(tmp_path):
+    # A PATH without bwrap: the interpreter is called by absolute path, so nothing else needs PATH.
+    result, _ = run_bad(tmp_path, "@bubblewrap", {"PATH": str(tmp_path / "empty-bin")})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "apt-get install -y bubblewrap" in output, output
+
+
+@pytest.fixture(scope="module")
+def tiny_backend_path(tmp_path_factory) -> str:
+    """The tiny third-party backend, really installed (wheel built, entry point registered) into a target dir."""
+    target = tmp_path_factory.mktemp("tiny-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target",
+         str(target), str(Path(__file__).parent / "tiny_backend")],
+        check=True, capture_output=True, timeout=300,
+    )
+    return str(target)
+
+
+def test_third_party_backend_is_found_through_its_entry_point(tmp_path, tiny_backend_path):
+    code = "from metaflow_sandbox_core import load_backend; print(type(load_backend('tiny')).__name__)"
+    env = {**os.environ, "PYTHONPATH": tiny_backend_path}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "TinyBackend"
+
+
+def test_backend_that_cannot_mount_with_local_datastore(tmp_path, tiny_backend_path):
+    result, cache = run_bad(tmp_path, "@sandbox(backend='tiny')", {"PYTHONPATH": tiny_backend_path})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "cannot use the local datastore" in output and "--datastore=s3" in output, output
+    assert not (cache / "staging").exists()

@@ -1,0 +1,111 @@
+"""Real flows with sandboxed steps, under local metadata and under a real metaflow-local-service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from .conftest import Project, sandbox_processes
+
+pytestmark = pytest.mark.integration
+
+
+def latest(project: Project, flow: str, expr: str) -> object:
+    return project.query(f"run = Flow({flow!r}).latest_run\nresult = {expr}")
+
+
+def test_artifacts_flow_both_ways_and_logs_exactly_once(project: Project):
+    project.run("artifacts_flow.py", "run", MFS_TEST_SECRET_TOKEN="canary-value")
+    data = latest(
+        project,
+        "ArtifactsFlow",
+        "dict(number=run['middle'].task.data.number, text=run['middle'].task.data.text,"
+        " mapping=run['middle'].task.data.mapping, blob=len(run['middle'].task.data.blob),"
+        " home=run['middle'].task.data.home_listing, leaked=run['middle'].task.data.leaked,"
+        " stdout=run['middle'].task.stdout, stderr=run['middle'].task.stderr,"
+        " successful=run.successful, task=run['middle'].task.id, run=run.id)",
+    )
+    assert data["successful"] is True
+    assert data["number"] == 42
+    assert data["text"] == "hello from the sandbox"
+    assert data["mapping"] == {"a": [1, 2], "b": {"c": "d"}, "seen": True}
+    assert data["blob"] == 20 * 1024 * 1024
+    assert data["home"] == [], "the sandbox must not see the user's home"
+    assert data["leaked"] == {}, "host environment leaked into the sandbox"
+    assert data["stdout"].count("sandboxed stdout line") == 1
+    assert data["stderr"].count("sandboxed stderr line") == 1
+    logs = subprocess.run(
+        project.command("artifacts_flow.py", "logs", f"{data['run']}/middle/{data['task']}"),
+        cwd=project.root, env=project.env, capture_output=True, text=True, check=True,
+    )
+    assert logs.stdout.count("sandboxed stdout line") == 1
+
+
+def test_foreach_of_twenty_sandboxed_branches(project: Project):
+    project.run("foreach_flow.py", "run", "--max-workers", "4")
+    data = latest(
+        project,
+        "ForeachFlow",
+        "dict(total=run['join'].task.data.total, n=len(list(run['branch'])),"
+        " ok=all(t.successful for t in run['branch']))",
+    )
+    assert data == {"total": sum(i * i for i in range(20)), "n": 20, "ok": True}
+
+
+def test_retry_reruns_a_failed_sandboxed_attempt(project: Project):
+    result = project.run("retry_flow.py", "run")
+    assert "first attempt fails on purpose" in result.stdout + result.stderr
+    data = latest(project, "RetryFlow", "dict(a=run['flaky'].task.data.attempt_that_worked, ok=run.successful)")
+    assert data == {"a": 1, "ok": True}
+
+
+def test_catch_captures_exception_raised_in_sandbox(project: Project):
+    project.run("catch_flow.py", "run")
+    failure = latest(project, "CatchFlow", "repr(run['boom'].task.data.failure)")
+    assert "raised inside the sandbox" in failure
+
+
+def test_timeout_kills_sandboxed_step_and_everything_in_it(project: Project):
+    marker = project.env["METAFLOW_SANDBOX_CACHE_DIR"]
+    started = time.monotonic()
+    result = project.run("timeout_flow.py", "run", check=False, timeout=180)
+    assert result.returncode != 0
+    assert "timed out" in (result.stdout + result.stderr).lower()
+    assert time.monotonic() - started < 120
+    assert sandbox_processes(marker) == []
+
+
+def test_resume_reruns_failed_sandboxed_step_in_a_sandbox(project: Project):
+    failed = project.run("resume_flow.py", "run", check=False, MFS_FAIL="1")
+    assert failed.returncode != 0
+    project.run("resume_flow.py", "resume", MFS_FAIL="0")
+    data = latest(project, "ResumeFlow", "dict(r=run['work'].task.data.result, s=run['work'].task.data.in_sandbox)")
+    assert data == {"r": 20, "s": True}
+
+
+def test_ctrl_c_leaves_no_sandbox_behind(project: Project):
+    project.flow("foreach_flow.py")
+    marker = project.env["METAFLOW_SANDBOX_CACHE_DIR"]
+    proc = subprocess.Popen(
+        project.command("foreach_flow.py", "run", "--max-workers", "4", "--nap", "60", "--width", "8"),
+        cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(sandbox_processes(marker)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sandbox_processes(marker), "no sandbox started"
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        sent = time.monotonic()
+        while sandbox_processes(marker) and time.monotonic() - sent < 5:
+            time.sleep(0.1)
+        assert sandbox_processes(marker) == [], "sandbox processes outlived Ctrl-C by 5 s"
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
