@@ -26,6 +26,11 @@ class Project:
     metadata: str
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def sandbox_marker(self) -> str:
+        """Appears in the argv of every bwrap and the environment of every process in a sandbox."""
+        return os.path.join(self.env["METAFLOW_SANDBOX_CACHE_DIR"], "staging")
+
     def flow(self, name: str) -> Path:
         target = self.root / name
         shutil.copy(FLOWS / name, target)
@@ -110,12 +115,15 @@ def project(request, tmp_path) -> Project:
 
 
 def sandbox_processes(marker: str) -> list[int]:
-    """PIDs of live processes whose command line or environment mentions `marker`."""
+    """PIDs of live (non-zombie) processes whose command line or environment mentions `marker`."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read()
             with open(f"/proc/{pid}/environ", "rb") as f:

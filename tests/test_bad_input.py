@@ -38,8 +38,8 @@ CASES = {
     "cpu-text": ("@sandbox(cpu='many')", "cpu='many' is not a number"),
     "memory-text": ("@sandbox(memory='lots')", "memory='lots' is not a number"),
     "env-not-string": ("@sandbox(env={'A': 1})", "environment values must be strings"),
-    "with-batch": ("@batch\n    @sandbox", "combines @sandbox with @batch"),
-    "two-sandboxes": ("@bubblewrap\n    @sandbox", "use exactly one sandbox decorator"),
+    "with-batch": ("@batch\n@sandbox", "combines @sandbox with @batch"),
+    "two-sandboxes": ("@bubblewrap\n@sandbox", "use exactly one sandbox decorator"),
     "bad-network": ("@bubblewrap(network='sideways')", "not a network policy"),
 }
 

@@ -27,9 +27,11 @@ def test_artifacts_flow_both_ways_and_logs_exactly_once(project: Project):
         " mapping=run['middle'].task.data.mapping, blob=len(run['middle'].task.data.blob),"
         " home=run['middle'].task.data.home_listing, leaked=run['middle'].task.data.leaked,"
         " stdout=run['middle'].task.stdout, stderr=run['middle'].task.stderr,"
-        " successful=run.successful, task=run['middle'].task.id, run=run.id)",
+        " ok=run['middle'].task.metadata_dict.get('attempt_ok'),"
+        " same_as_local=run['middle'].task.successful == run['start'].task.successful,"
+        " task=run['middle'].task.id, run=run.id)",
     )
-    assert data["successful"] is True
+    assert data["ok"] == "True" and data["same_as_local"] is True
     assert data["number"] == 42
     assert data["text"] == "hello from the sandbox"
     assert data["mapping"] == {"a": [1, 2], "b": {"c": "d"}, "seen": True}
@@ -51,7 +53,7 @@ def test_foreach_of_twenty_sandboxed_branches(project: Project):
         project,
         "ForeachFlow",
         "dict(total=run['join'].task.data.total, n=len(list(run['branch'])),"
-        " ok=all(t.successful for t in run['branch']))",
+        " ok=all(t.metadata_dict.get('attempt_ok') == 'True' for t in run['branch']))",
     )
     assert data == {"total": sum(i * i for i in range(20)), "n": 20, "ok": True}
 
@@ -59,7 +61,7 @@ def test_foreach_of_twenty_sandboxed_branches(project: Project):
 def test_retry_reruns_a_failed_sandboxed_attempt(project: Project):
     result = project.run("retry_flow.py", "run")
     assert "first attempt fails on purpose" in result.stdout + result.stderr
-    data = latest(project, "RetryFlow", "dict(a=run['flaky'].task.data.attempt_that_worked, ok=run.successful)")
+    data = latest(project, "RetryFlow", "dict(a=run['flaky'].task.data.attempt_that_worked, ok=run['end'].task.metadata_dict.get('attempt_ok') == 'True')")
     assert data == {"a": 1, "ok": True}
 
 
@@ -70,7 +72,7 @@ def test_catch_captures_exception_raised_in_sandbox(project: Project):
 
 
 def test_timeout_kills_sandboxed_step_and_everything_in_it(project: Project):
-    marker = project.env["METAFLOW_SANDBOX_CACHE_DIR"]
+    marker = project.sandbox_marker
     started = time.monotonic()
     result = project.run("timeout_flow.py", "run", check=False, timeout=180)
     assert result.returncode != 0
@@ -89,7 +91,7 @@ def test_resume_reruns_failed_sandboxed_step_in_a_sandbox(project: Project):
 
 def test_ctrl_c_leaves_no_sandbox_behind(project: Project):
     project.flow("foreach_flow.py")
-    marker = project.env["METAFLOW_SANDBOX_CACHE_DIR"]
+    marker = project.sandbox_marker
     proc = subprocess.Popen(
         project.command("foreach_flow.py", "run", "--max-workers", "4", "--nap", "60", "--width", "8"),
         cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,

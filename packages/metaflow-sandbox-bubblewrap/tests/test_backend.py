@@ -142,11 +142,15 @@ def test_destroy_by_id_from_another_process(bubblewrap_backend: BubblewrapBacken
         text=True,
     )
     assert owner.stdout is not None
-    sandbox_id = owner.stdout.readline().strip()
-    assert [info.id for info in bubblewrap_backend.list()] == [sandbox_id]
-    started = time.monotonic()
-    bubblewrap_backend.destroy(sandbox_id)
-    assert owner.stdout.readline().strip() == "exit 137"
-    assert owner.wait(10) == 0
-    assert time.monotonic() - started < 5
-    assert bubblewrap_backend.list() == []
+    try:
+        sandbox_id = owner.stdout.readline().strip()
+        assert [info.id for info in bubblewrap_backend.list()] == [sandbox_id]
+        started = time.monotonic()
+        bubblewrap_backend.destroy(sandbox_id)
+        assert owner.stdout.readline().strip() == "exit 137"
+        assert owner.wait(10) == 0
+        assert time.monotonic() - started < 5
+        assert bubblewrap_backend.list() == []
+    finally:
+        owner.kill()
+        owner.wait()

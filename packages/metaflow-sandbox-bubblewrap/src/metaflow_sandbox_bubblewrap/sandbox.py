@@ -215,6 +215,11 @@ class BubblewrapSandbox(Sandbox):
     def _ensure_alive_locked(self) -> None:
         if self._destroyed:
             raise SandboxError(f"Sandbox {self.id} has been destroyed; create a new one.")
+        if not os.path.isdir(self.layout.host_dir):
+            raise SandboxError(
+                f"Sandbox {self.id} was destroyed from outside (its directory {self.layout.host_dir} is gone); "
+                "create a new one."
+            )
 
 
 def _checked_cwd(cwd: str | None) -> str:

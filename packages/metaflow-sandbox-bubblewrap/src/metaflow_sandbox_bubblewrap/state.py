@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -117,8 +119,12 @@ def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str] | None) ->
     return all(labels.get(key) == value for key, value in (wanted or {}).items())
 
 
-def remove_tree(path: str) -> None:
-    """Delete a sandbox directory, including files sandboxed code made unwritable; missing is fine."""
+def remove_tree(path: str, attempts: int = 5) -> None:
+    """Delete a sandbox directory, including files sandboxed code made unwritable; missing is fine.
+
+    Retried when a file appears meanwhile (the owning launcher updating `sandbox.json` while another
+    process destroys the sandbox).
+    """
 
     def make_writable_and_retry(function: Callable[[str], object], failed_path: str, _error: object) -> None:
         os.chmod(os.path.dirname(failed_path), 0o700)
@@ -126,10 +132,16 @@ def remove_tree(path: str) -> None:
             os.chmod(failed_path, 0o700)
         function(failed_path)
 
-    try:
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=make_writable_and_retry)
-        else:
-            shutil.rmtree(path, onerror=make_writable_and_retry)
-    except FileNotFoundError:
-        pass
+    for attempt in range(attempts):
+        try:
+            if sys.version_info >= (3, 12):
+                shutil.rmtree(path, onexc=make_writable_and_retry)
+            else:
+                shutil.rmtree(path, onerror=make_writable_and_retry)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
