@@ -58,10 +58,7 @@ class SandboxDecorator(StepDecorator):
     # -- every process (runtime and task) --------------------------------------------------
     def step_init(self, flow, graph, step, decos, environment, flow_datastore, logger):
         if os.environ.get(STAGING_ENV):
-            from .staged_storage import install_staged_storage
-
-            install_staged_storage(flow_datastore, os.environ[STAGING_ENV])
-            return
+            return  # inside the sandbox: the top-level hook already staged the datastore
         self.step = step
         self.decos = decos
         self.flow_datastore = flow_datastore

@@ -10,10 +10,10 @@ import os
 from metaflow.plugins.datastores.local_storage import LocalStorage
 
 
-class StagedLocalStorage(LocalStorage):
-    """A `LocalStorage` whose reads see staging-then-real and whose writes go to staging."""
+class _StagedMethods:
+    """Methods patched onto `LocalStorage`: reads see staging, then the real root; writes go to staging."""
 
-    staging_root: str = ""
+    staging_root = ""
 
     def _staged(self, path):
         return os.path.join(self.staging_root, path.lstrip("/"))
@@ -90,12 +90,19 @@ class StagedLocalStorage(LocalStorage):
         return CloseAfterUse(results())
 
 
-def install_staged_storage(flow_datastore, staging_root):
-    """Point this task process's datastore writes and local metadata at `staging_root` (idempotent)."""
-    storage = flow_datastore._storage_impl
-    if isinstance(storage, StagedLocalStorage) or flow_datastore.TYPE != "local":
+def install_staged_storage(staging_root):
+    """Patch `LocalStorage` in this process so datastore writes and local metadata go to `staging_root`.
+
+    The real root stays the datastore root (URIs and reads are unchanged); local metadata gets a storage
+    class of its own whose root is the staging tree. Idempotent.
+    """
+    if getattr(LocalStorage, "staging_root", None) == staging_root:
         return
-    storage.__class__ = StagedLocalStorage
-    storage.staging_root = staging_root
-    # Local metadata resolves its root from the storage class: send it to staging as well.
-    LocalStorage.datastore_root = staging_root
+    for name in ("_staged", "_read_uri", "is_file", "info_file", "size_file", "list_content", "save_bytes", "load_bytes"):
+        setattr(LocalStorage, name, _StagedMethods.__dict__[name])
+    LocalStorage.staging_root = staging_root
+
+    from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
+
+    metadata_root = type("StagedMetadataRoot", (LocalStorage,), {"datastore_root": staging_root})
+    LocalMetadataProvider._get_storage_class = classmethod(lambda cls: metadata_root)

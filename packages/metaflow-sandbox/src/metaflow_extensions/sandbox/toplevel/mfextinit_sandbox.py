@@ -1,0 +1,3 @@
+"""Top-level hook of metaflow-sandbox: loaded at the end of `import metaflow`."""
+
+toplevel = "sandbox_toplevel"
