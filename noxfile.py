@@ -71,7 +71,11 @@ def unit(session: nox.Session, package: str) -> None:
 def integration(session: nox.Session, backend: str, datastore: str, metadata: str) -> None:
     install(session, *PACKAGES, extras=("metaflow-local-service>=0.2", "pip", "hatchling"))
     session.run(
-        "pytest", "tests", "-p", "no:cacheprovider", *session.posargs,
+        "pytest",
+        "tests",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
         env={"MFS_TEST_BACKEND": backend, "MFS_TEST_DATASTORE": datastore, "MFS_TEST_METADATA": metadata},
     )
 

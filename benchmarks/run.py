@@ -45,7 +45,10 @@ def run_flow(root: Path, env: dict[str, str], flow: str, *args: str, **extra: st
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, flow, "--metadata", "local", "run", *args],
-        cwd=root / "project", env={**env, **extra}, check=True, capture_output=True,
+        cwd=root / "project",
+        env={**env, **extra},
+        check=True,
+        capture_output=True,
     )
     return time.perf_counter() - started
 
@@ -58,15 +61,25 @@ def p1_overhead(root: Path, env: dict[str, str], repeat: int) -> dict:
         plain.append(run_flow(root, env, "fanout_flow.py", *args, BENCH_SANDBOX="0"))
         boxed.append(run_flow(root, env, "fanout_flow.py", *args, BENCH_SANDBOX="1"))
     p, b = statistics.median(plain), statistics.median(boxed)
-    return {"plain_wall_s": round(p, 2), "sandboxed_wall_s": round(b, 2), "tasks": WIDTH,
-            "overhead_per_task_s": round((b - p) / WIDTH, 3), "target_s": 0.4,
-            "runs_plain": [round(x, 2) for x in plain], "runs_sandboxed": [round(x, 2) for x in boxed]}
+    return {
+        "plain_wall_s": round(p, 2),
+        "sandboxed_wall_s": round(b, 2),
+        "tasks": WIDTH,
+        "overhead_per_task_s": round((b - p) / WIDTH, 3),
+        "target_s": 0.4,
+        "runs_plain": [round(x, 2) for x in plain],
+        "runs_sandboxed": [round(x, 2) for x in boxed],
+    }
 
 
 def p3_latency(root: Path, env: dict[str, str]) -> dict:
     proc = subprocess.Popen(
         [sys.executable, "chatty_flow.py", "--metadata", "local", "run", "--lines", "30"],
-        cwd=root / "project", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=root / "project",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     delays = []
     assert proc.stdout is not None
@@ -76,16 +89,32 @@ def p3_latency(root: Path, env: dict[str, str]) -> dict:
             delays.append(time.time() - float(match.group(1)))
     if proc.wait() != 0:
         raise SystemExit("chatty flow failed")
-    return {"lines": len(delays), "median_s": round(statistics.median(delays), 4),
-            "max_s": round(max(delays), 4), "target_s": 0.5}
+    return {
+        "lines": len(delays),
+        "median_s": round(statistics.median(delays), 4),
+        "max_s": round(max(delays), 4),
+        "target_s": 0.5,
+    }
 
 
 def _launcher_peak_rss(root: Path, env: dict[str, str], megabytes: int) -> int:
     """Peak RSS (KiB) of the light launcher while the sandboxed step prints `megabytes` MB."""
     proc = subprocess.Popen(
-        [sys.executable, "chatty_flow.py", "--metadata", "local", "run", "--lines", "0", "--megabytes",
-         str(megabytes)],
-        cwd=root / "project", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "chatty_flow.py",
+            "--metadata",
+            "local",
+            "run",
+            "--lines",
+            "0",
+            "--megabytes",
+            str(megabytes),
+        ],
+        cwd=root / "project",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     peak = 0
     done = threading.Event()
@@ -121,22 +150,26 @@ def _launcher_peak_rss(root: Path, env: dict[str, str], megabytes: int) -> int:
 def p4_memory(root: Path, env: dict[str, str]) -> dict:
     quiet = _launcher_peak_rss(root, env, 0)
     loud = _launcher_peak_rss(root, env, 200)
-    return {"launcher_peak_rss_quiet_mb": round(quiet / 1024, 1), "launcher_peak_rss_200mb_mb": round(loud / 1024, 1),
-            "growth_mb": round((loud - quiet) / 1024, 1), "target_growth_mb": 50}
+    return {
+        "launcher_peak_rss_quiet_mb": round(quiet / 1024, 1),
+        "launcher_peak_rss_200mb_mb": round(loud / 1024, 1),
+        "growth_mb": round((loud - quiet) / 1024, 1),
+        "target_growth_mb": 50,
+    }
 
 
 def write_markdown(results: dict, path: Path) -> None:
     p1, p3, p4 = results["P1"], results["P3"], results["P4"]
     text = f"""# Benchmarks
 
-Reproduce: `./dev bench` (or `nox -s bench`). Machine: {results['machine']}. Measured {results['date']}.
+Reproduce: `./dev bench` (or `nox -s bench`). Machine: {results["machine"]}. Measured {results["date"]}.
 Every figure is a difference or ratio against a baseline measured in the same run.
 
 | id | what | result | target |
 | --- | --- | --- | --- |
-| P1 | per-task overhead, foreach of {p1['tasks']} with `--max-workers 1`, bubblewrap + local datastore: (sandboxed wall − plain wall) / {p1['tasks']} | **{p1['overhead_per_task_s']} s** (plain {p1['plain_wall_s']} s, sandboxed {p1['sandboxed_wall_s']} s, medians of {len(p1['runs_plain'])}) | ≤ {p1['target_s']} s |
-| P3 | log latency: printed in the sandbox → line on the launcher's terminal | **median {p3['median_s']} s, max {p3['max_s']} s** over {p3['lines']} lines | ≤ {p3['target_s']} s |
-| P4 | launcher peak RSS growth while the step prints 200 MB | **{p4['growth_mb']} MB** ({p4['launcher_peak_rss_quiet_mb']} MB quiet → {p4['launcher_peak_rss_200mb_mb']} MB) | ≤ {p4['target_growth_mb']} MB |
+| P1 | per-task overhead, foreach of {p1["tasks"]} with `--max-workers 1`, bubblewrap + local datastore: (sandboxed wall - plain wall) / {p1["tasks"]} | **{p1["overhead_per_task_s"]} s** (plain {p1["plain_wall_s"]} s, sandboxed {p1["sandboxed_wall_s"]} s, medians of {len(p1["runs_plain"])}) | ≤ {p1["target_s"]} s |
+| P3 | log latency: printed in the sandbox → line on the launcher's terminal | **median {p3["median_s"]} s, max {p3["max_s"]} s** over {p3["lines"]} lines | ≤ {p3["target_s"]} s |
+| P4 | launcher peak RSS growth while the step prints 200 MB | **{p4["growth_mb"]} MB** ({p4["launcher_peak_rss_quiet_mb"]} MB quiet → {p4["launcher_peak_rss_200mb_mb"]} MB) | ≤ {p4["target_growth_mb"]} MB |
 
 Raw numbers: `benchmarks/results/latest.json` (not committed; regenerated by every run).
 

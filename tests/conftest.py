@@ -37,7 +37,15 @@ class Project:
         return target
 
     def command(self, flow_file: str, *args: str) -> list[str]:
-        return [sys.executable, str(self.root / flow_file), "--metadata", self.metadata, "--datastore", "local", *args]
+        return [
+            sys.executable,
+            str(self.root / flow_file),
+            "--metadata",
+            self.metadata,
+            "--datastore",
+            "local",
+            *args,
+        ]
 
     def run(self, flow_file: str, *args: str, check: bool = True, timeout: float = 600, **env: str):
         if not (self.root / flow_file).exists():
@@ -67,7 +75,12 @@ class Project:
         script = "import json\nfrom metaflow import Flow, namespace\nnamespace(None)\n"
         script += textwrap.dedent(code) + "\nprint('__RESULT__' + json.dumps(result, default=str))\n"
         out = subprocess.run(
-            [sys.executable, "-c", script], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", script],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if out.returncode != 0:
             raise AssertionError(f"client query failed:\n{out.stdout}\n{out.stderr}")
@@ -99,18 +112,25 @@ def project(request, tmp_path) -> Project:
     (root / ".metaflow").mkdir()
     proj = Project(root=root, metadata=request.param, env=env)
     if request.param == "service":
-        service = shutil.which("metaflow-local-service", path=os.path.dirname(sys.executable)) or shutil.which(
-            "metaflow-local-service"
-        )
+        service = shutil.which(
+            "metaflow-local-service", path=os.path.dirname(sys.executable)
+        ) or shutil.which("metaflow-local-service")
         if service is None:
             pytest.fail("metaflow-local-service is not installed (it is a test dependency)")
         subprocess.run(
             [service, "start", "--port", "0", "--metaflow-root", str(root), "--idle-timeout", "600"],
-            env=env, check=True, capture_output=True, timeout=60,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
-        url = subprocess.run([service, "url"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+        url = subprocess.run(
+            [service, "url"], env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
         proj.env.update(METAFLOW_SERVICE_URL=url, METAFLOW_DEFAULT_METADATA="service")
-        request.addfinalizer(lambda: subprocess.run([service, "stop"], env=env, capture_output=True, timeout=60))
+        request.addfinalizer(
+            lambda: subprocess.run([service, "stop"], env=env, capture_output=True, timeout=60)
+        )
     return proj
 
 

@@ -48,13 +48,21 @@ def run_bad(tmp_path: Path, decorators: str, env_extra: dict | None = None, para
     source = FLOW.format(decorators=textwrap.indent(decorators, "    ") if decorators else "")
     if parallel:
         source = source.replace("self.next(self.work)", "self.next(self.work, num_parallel=2)")
-        source = source.replace("def work(self):\n        self.next(self.end)",
-                                "def work(self):\n        self.next(self.join)\n    @step\n    def join(self, inputs):\n        self.next(self.end)")
+        source = source.replace(
+            "def work(self):\n        self.next(self.end)",
+            "def work(self):\n        self.next(self.join)\n    @step\n    def join(self, inputs):\n        self.next(self.end)",
+        )
     flow = tmp_path / "bad_flow.py"
     flow.write_text(source)
     env = {**_base_env(tmp_path), **(env_extra or {})}
-    result = subprocess.run([sys.executable, str(flow), "--metadata", "local", "run"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(flow), "--metadata", "local", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return result, tmp_path / "cache"
 
 
@@ -89,9 +97,21 @@ def tiny_backend_path(tmp_path_factory) -> str:
     """The tiny third-party backend, really installed (wheel built, entry point registered) into a target dir."""
     target = tmp_path_factory.mktemp("tiny-site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target",
-         str(target), str(Path(__file__).parent / "tiny_backend")],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(Path(__file__).parent / "tiny_backend"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return str(target)
 

@@ -42,7 +42,11 @@ def test_artifacts_flow_both_ways_and_logs_exactly_once(project: Project):
     assert data["stderr"].count("sandboxed stderr line") == 1
     logs = subprocess.run(
         project.command("artifacts_flow.py", "logs", f"{data['run']}/middle/{data['task']}"),
-        cwd=project.root, env=project.env, capture_output=True, text=True, check=True,
+        cwd=project.root,
+        env=project.env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert logs.stdout.count("sandboxed stdout line") == 1
 
@@ -61,7 +65,11 @@ def test_foreach_of_twenty_sandboxed_branches(project: Project):
 def test_retry_reruns_a_failed_sandboxed_attempt(project: Project):
     result = project.run("retry_flow.py", "run")
     assert "first attempt fails on purpose" in result.stdout + result.stderr
-    data = latest(project, "RetryFlow", "dict(a=run['flaky'].task.data.attempt_that_worked, ok=run['end'].task.metadata_dict.get('attempt_ok') == 'True')")
+    data = latest(
+        project,
+        "RetryFlow",
+        "dict(a=run['flaky'].task.data.attempt_that_worked, ok=run['end'].task.metadata_dict.get('attempt_ok') == 'True')",
+    )
     assert data == {"a": 1, "ok": True}
 
 
@@ -85,7 +93,9 @@ def test_resume_reruns_failed_sandboxed_step_in_a_sandbox(project: Project):
     failed = project.run("resume_flow.py", "run", check=False, MFS_FAIL="1")
     assert failed.returncode != 0
     project.run("resume_flow.py", "resume", MFS_FAIL="0")
-    data = latest(project, "ResumeFlow", "dict(r=run['work'].task.data.result, s=run['work'].task.data.in_sandbox)")
+    data = latest(
+        project, "ResumeFlow", "dict(r=run['work'].task.data.result, s=run['work'].task.data.in_sandbox)"
+    )
     assert data == {"r": 20, "s": True}
 
 
@@ -94,7 +104,11 @@ def test_ctrl_c_leaves_no_sandbox_behind(project: Project):
     marker = project.sandbox_marker
     proc = subprocess.Popen(
         project.command("foreach_flow.py", "run", "--max-workers", "4", "--nap", "60", "--width", "8"),
-        cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120

@@ -1,6 +1,5 @@
 """P3/P4: a sandboxed step that prints timestamped lines (P3) or a given number of MB (P4)."""
 
-import os
 import sys
 import time
 

@@ -44,7 +44,11 @@ def test_accepts_own_task_and_applies(tmp_path):
     write(stage, "F/7/s/3/1.data.json", "{}")
     write(stage, "F/7/s/3/1.DONE.lock", "")
     write(stage, "F/7/s/3/_meta/1_artifact_x.json", record(attempt_id=1, name="x"))
-    write(stage, "F/7/s/3/_meta/sysmeta_attempt-done_1.json", record(field_name="attempt-done", value=1, tags=["attempt_id:1"]))
+    write(
+        stage,
+        "F/7/s/3/_meta/sysmeta_attempt-done_1.json",
+        record(field_name="attempt-done", value=1, tags=["attempt_id:1"]),
+    )
     write(stage, "F/7/_meta/_self.json", record())
     staged = collect_staged_task(stage, SCOPE)
     assert staged.blobs == [rel_blob]
@@ -53,7 +57,10 @@ def test_accepts_own_task_and_applies(tmp_path):
     assert os.path.exists(os.path.join(real, rel_blob))
     assert os.path.exists(os.path.join(real, "F/7/s/3/1.DONE.lock"))
     assert apply_local_metadata(staged, real) == 2
-    assert sorted(os.listdir(os.path.join(real, "F/7/s/3/_meta"))) == ["1_artifact_x.json", "sysmeta_attempt-done_1.json"]
+    assert sorted(os.listdir(os.path.join(real, "F/7/s/3/_meta"))) == [
+        "1_artifact_x.json",
+        "sysmeta_attempt-done_1.json",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -11,22 +11,34 @@ MFLOG = re.compile(rb"^\[MFLOG\|0\|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\|task\
 
 
 def run_plan(tmp_path, code, **kw):
-    plan = Plan(python=sys.executable, argv=["-c", code], package_dir=str(tmp_path / "pkg"), workdir=str(tmp_path / "w"),
-                log_paths={"stdout": str(tmp_path / "out.log"), "stderr": str(tmp_path / "err.log")}, **kw)
+    plan = Plan(
+        python=sys.executable,
+        argv=["-c", code],
+        package_dir=str(tmp_path / "pkg"),
+        workdir=str(tmp_path / "w"),
+        log_paths={"stdout": str(tmp_path / "out.log"), "stderr": str(tmp_path / "err.log")},
+        **kw,
+    )
     (tmp_path / "plan.json").write_text(plan.to_json())
-    return subprocess.Popen(plan.command(bootstrap_path(), str(tmp_path / "plan.json")), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        plan.command(bootstrap_path(), str(tmp_path / "plan.json")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_streams_mflog_lines_and_persists(tmp_path):
-    proc = run_plan(tmp_path, "import sys,time\nprint('one', flush=True)\ntime.sleep(1.5)\nprint('two')\nprint('err', file=sys.stderr)\nsys.exit(3)")
+    proc = run_plan(
+        tmp_path,
+        "import sys,time\nprint('one', flush=True)\ntime.sleep(1.5)\nprint('two')\nprint('err', file=sys.stderr)\nsys.exit(3)",
+    )
     start = time.monotonic()
     first = proc.stdout.readline()
     assert time.monotonic() - start < 1.2  # arrived while the step still ran
     assert MFLOG.match(first.rstrip(b"\n")).group(1) == b"one"
     rest, err = proc.communicate()
     assert proc.returncode == 3
-    assert [MFLOG.match(l).group(1) for l in rest.splitlines()] == [b"two"]
+    assert [MFLOG.match(line).group(1) for line in rest.splitlines()] == [b"two"]
     assert MFLOG.match(err.rstrip(b"\n")).group(1) == b"err"
     assert (tmp_path / "out.log").read_bytes() == first + rest
     assert (tmp_path / "err.log").read_bytes() == err
@@ -39,8 +51,12 @@ def test_signal_exit_code_and_env_and_archive(tmp_path):
     with tarfile.open(tmp_path / "pkg.tgz", "w:gz") as tar:
         tar.add(src / "mod.py", arcname="mod.py")
     code = "import os, mod; print(mod.VALUE, os.environ['ONLY'], flush=True); os.kill(os.getpid(), 9)"
-    proc = run_plan(tmp_path, code, package_archive=str(tmp_path / "pkg.tgz"),
-                    env={"ONLY": "this", "PYTHONPATH": str(tmp_path / "pkg")})
+    proc = run_plan(
+        tmp_path,
+        code,
+        package_archive=str(tmp_path / "pkg.tgz"),
+        env={"ONLY": "this", "PYTHONPATH": str(tmp_path / "pkg")},
+    )
     out, err = proc.communicate()
     assert proc.returncode == 137, err
     assert out.rstrip().endswith(b"from package this")

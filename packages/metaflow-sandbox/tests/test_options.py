@@ -30,9 +30,36 @@ def test_bad_input_names_the_fix(attrs, fragment):
 
 
 def test_step_command_split_and_inner_argv():
-    argv = ["--quiet", "--metadata", "service", "--with", "sandbox", "sandbox", "step", "train",
-            "--run-id", "5", "--sandbox-launch", "/x.json", "--tag", "sandbox"]
+    argv = [
+        "--quiet",
+        "--metadata",
+        "service",
+        "--with",
+        "sandbox",
+        "sandbox",
+        "step",
+        "train",
+        "--run-id",
+        "5",
+        "--sandbox-launch",
+        "/x.json",
+        "--tag",
+        "sandbox",
+    ]
     cmd = parse_step_command(argv)
     assert cmd.launch_path == "/x.json"
-    assert cmd.inner_argv("/pkg/flow.py") == ["-u", "/pkg/flow.py", "--quiet", "--metadata", "local", "--with",
-                                               "sandbox", "step", "train", "--run-id", "5", "--tag", "sandbox"]
+    assert cmd.inner_argv("/pkg/flow.py") == [
+        "-u",
+        "/pkg/flow.py",
+        "--quiet",
+        "--metadata",
+        "local",
+        "--with",
+        "sandbox",
+        "step",
+        "train",
+        "--run-id",
+        "5",
+        "--tag",
+        "sandbox",
+    ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 from .spec import NetworkPolicy, SandboxSpec
 
@@ -93,7 +94,7 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - optional hook, most backends have nothing to check
         """Raise `ConfigError`/`UnavailableError` naming the fix if this backend cannot work here."""
 
     @abc.abstractmethod

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from importlib import metadata
-from typing import Callable, Iterable
 
 from .backend import Backend
 from .errors import BackendNotInstalledError, ConfigError, SandboxError
@@ -84,7 +84,10 @@ def pick_default_backend(
         except SandboxError as error:
             reasons.append(f"{name}: {error}")
             continue
-        return name, f"strongest isolation that works on this machine ({backend.capabilities.isolation.name.lower()})"
+        return (
+            name,
+            f"strongest isolation that works on this machine ({backend.capabilities.isolation.name.lower()})",
+        )
     detail = "; ".join(reasons) or "no local backend is installed"
     raise ConfigError(
         "No sandbox backend works on this machine "

@@ -7,7 +7,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Mapping
+from collections.abc import Mapping
 
 from .staging import StagedTask
 

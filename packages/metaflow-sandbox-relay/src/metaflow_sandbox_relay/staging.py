@@ -72,7 +72,9 @@ def _check_record(rel: str, record: object, scope: TaskScope) -> str | None:
             return f"{rel} names {key}={record[key]!r}, not {value!r}"
     if "attempt_id" in record and str(record["attempt_id"]) != str(scope.attempt):
         return f"{rel} names attempt_id={record['attempt_id']!r}, not {scope.attempt}"
-    if record.get("field_name") in ("attempt", "attempt-done") and str(record.get("value")) != str(scope.attempt):
+    if record.get("field_name") in ("attempt", "attempt-done") and str(record.get("value")) != str(
+        scope.attempt
+    ):
         return f"{rel} claims {record['field_name']}={record.get('value')!r}, not {scope.attempt}"
     for tag in record.get("tags") or []:
         match = _ATTEMPT_TAG.match(str(tag))
@@ -145,7 +147,11 @@ def collect_staged_task(root: str, scope: TaskScope, limits: Limits | None = Non
                 why = None if name == "_self.json" else _check_record(rel, record, scope)
                 if why is None and name == "_self.json":
                     why = _check_ancestor(rel, record, scope)
-                    if why is None and isinstance(record, dict) and str(record.get("task_id", task_id)) != task_id:
+                    if (
+                        why is None
+                        and isinstance(record, dict)
+                        and str(record.get("task_id", task_id)) != task_id
+                    ):
                         why = f"{rel} names task_id={record['task_id']!r}, not {task_id!r}"
                 if why:
                     problems.append(why)

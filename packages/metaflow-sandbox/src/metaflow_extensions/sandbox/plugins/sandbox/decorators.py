@@ -19,6 +19,13 @@ OTHER_COMPUTE_DECORATORS = ("batch", "kubernetes")
 LIGHT_LAUNCHER = "metaflow_extensions.sandbox.plugins.sandbox.launch"
 
 
+def _config(name):
+    """A METAFLOW_<name> setting declared in this extension's config module."""
+    from metaflow import metaflow_config
+
+    return getattr(metaflow_config, name, None)
+
+
 class SandboxException(MetaflowException):
     headline = "Sandbox error"
 
@@ -46,14 +53,16 @@ class SandboxDecorator(StepDecorator):
     """
 
     name = "sandbox"
-    backend_name = None  # set by the per-backend subclasses
+    backend_name: str | None = None  # set by the per-backend subclasses
     defaults = dict(ATTRIBUTE_DEFAULTS)
 
     supports_conda_environment = True
     target_platform = "linux-64"
 
     _default_backend = None
-    _saved_packages = {}  # (datastore root, run id) -> (url, sha, package metadata)
+    _saved_packages: dict[
+        tuple[str, str], tuple[str, str, str]
+    ] = {}  # (root, run id) -> (url, sha, metadata)
 
     # -- every process (runtime and task) --------------------------------------------------
     def step_init(self, flow, graph, step, decos, environment, flow_datastore, logger):
@@ -106,7 +115,11 @@ class SandboxDecorator(StepDecorator):
         if options.network not in backend.capabilities.network_policies:
             raise ConfigError(
                 "network=%r is not supported by the %r backend (it supports %s)."
-                % (options.network.value, name, ", ".join(sorted(p.value for p in backend.capabilities.network_policies)))
+                % (
+                    options.network.value,
+                    name,
+                    ", ".join(sorted(p.value for p in backend.capabilities.network_policies)),
+                )
             )
         if flow_datastore.TYPE == "local" and not backend.capabilities.can_mount:
             raise ConfigError(
@@ -129,7 +142,12 @@ class SandboxDecorator(StepDecorator):
         for deco in decos:
             if deco.name == "resources":
                 for key in ("cpu", "memory", "gpu", "disk"):
-                    if attributes.get(key) in (None, "") and deco.attributes.get(key) not in (None, "", 0, "0"):
+                    if attributes.get(key) in (None, "") and deco.attributes.get(key) not in (
+                        None,
+                        "",
+                        0,
+                        "0",
+                    ):
                         attributes[key] = deco.attributes[key]
         return attributes
 
@@ -145,10 +163,8 @@ class SandboxDecorator(StepDecorator):
             return self.backend_name
         if options.backend:
             return options.backend
-        from metaflow.metaflow_config import SANDBOX_BACKEND
-
-        if SANDBOX_BACKEND:
-            return SANDBOX_BACKEND
+        if _config("SANDBOX_BACKEND"):
+            return _config("SANDBOX_BACKEND")
         if SandboxDecorator._default_backend is None:
             name, why = pick_default_backend()
             logger("@sandbox runs on %r: %s. Set METAFLOW_SANDBOX_BACKEND to choose." % (name, why))
@@ -177,18 +193,16 @@ class SandboxDecorator(StepDecorator):
         if retry_count > max_user_code_retries:
             return  # @catch fallback: runs locally, like @batch
         launch = self._task_launch(cli_args, retry_count)
-        from metaflow.metaflow_config import SANDBOX_LAUNCHER
-
         cli_args.commands = ["sandbox", "step"]
         cli_args.command_options["sandbox-launch"] = launch.save(os.path.join(launch.cache_dir, "launch"))
-        if SANDBOX_LAUNCHER == "cli":
+        if _config("SANDBOX_LAUNCHER") == "cli":
             cli_args.entrypoint[0] = sys.executable
         else:
             cli_args.entrypoint = [sys.executable, "-m", LIGHT_LAUNCHER]
 
     def _task_launch(self, cli_args, retry_count):
         from metaflow import util
-        from metaflow.metaflow_config import SANDBOX_CACHE_DIR, SERVICE_HEADERS, SERVICE_URL
+        from metaflow.metaflow_config import SERVICE_HEADERS, SERVICE_URL
         from metaflow.package import MetaflowPackage
 
         from .task_launch import TaskLaunch
@@ -218,7 +232,9 @@ class SandboxDecorator(StepDecorator):
         step_env.update(options.env)
         metadata_type = cli_args.top_level_options.get("metadata") or "local"
         prefixes = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
-        cache_dir = SANDBOX_CACHE_DIR or os.path.join(os.path.expanduser("~"), ".cache", "metaflow-sandbox")
+        cache_dir = _config("SANDBOX_CACHE_DIR") or os.path.join(
+            os.path.expanduser("~"), ".cache", "metaflow-sandbox"
+        )
         return TaskLaunch(
             backend=self.backend_resolved,
             spec={

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from metaflow_sandbox_core import (
     Backend,
@@ -77,7 +77,9 @@ class TaskExecutor:
         self.staging = os.path.join(launch.cache_dir, "staging", uuid.uuid4().hex)
 
     def run(self) -> int:
-        previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        previous = {
+            s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
         try:
             return self._run()
         except Interrupted as signal_name:
@@ -91,7 +93,9 @@ class TaskExecutor:
     def _run(self) -> int:
         try:
             backend = load_backend(self.launch.backend)
-            package_dir = ensure_extracted(self.launch.package_blob, self.launch.package_sha, self.launch.cache_dir)
+            package_dir = ensure_extracted(
+                self.launch.package_blob, self.launch.package_sha, self.launch.cache_dir
+            )
             os.makedirs(self.staging, mode=0o700)
             plan = self._plan(package_dir)
             spec = self._spec(backend, package_dir)
@@ -152,7 +156,9 @@ class TaskExecutor:
                 lambda: backend.create(spec),
                 on_retry=lambda error, delay: self.say(f"{error} — retrying in {delay:.1f}s"),
             )
-            self.say(f"Running in {backend.name} sandbox {sandbox.id} (ready in {time.monotonic() - started:.2f}s).")
+            self.say(
+                f"Running in {backend.name} sandbox {sandbox.id} (ready in {time.monotonic() - started:.2f}s)."
+            )
             sandbox.upload(bootstrap_source(), f"{SANDBOX_DIR}/bootstrap.py")
             sandbox.upload(plan.to_json().encode(), f"{SANDBOX_DIR}/plan.json")
             code = sandbox.run(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from metaflow_sandbox_core import ConfigError, NetworkPolicy
 
 from .attributes import ATTRIBUTE_DEFAULTS
-
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import os
 from metaflow.plugins.datastores.local_storage import LocalStorage
 
 
-class _StagedMethods:
+class _StagedMethods(LocalStorage):
     """Methods patched onto `LocalStorage`: reads see staging, then the real root; writes go to staging."""
 
     staging_root = ""
@@ -48,7 +48,7 @@ class _StagedMethods:
                 if path == self.METADATA_DIR:
                     continue
                 try:
-                    names = os.listdir(os.path.join(root, path))
+                    names = os.listdir(os.path.join(root or "", path))
                 except OSError:
                     continue
                 for name in names:
@@ -98,11 +98,20 @@ def install_staged_storage(staging_root):
     """
     if getattr(LocalStorage, "staging_root", None) == staging_root:
         return
-    for name in ("_staged", "_read_uri", "is_file", "info_file", "size_file", "list_content", "save_bytes", "load_bytes"):
+    for name in (
+        "_staged",
+        "_read_uri",
+        "is_file",
+        "info_file",
+        "size_file",
+        "list_content",
+        "save_bytes",
+        "load_bytes",
+    ):
         setattr(LocalStorage, name, _StagedMethods.__dict__[name])
-    LocalStorage.staging_root = staging_root
+    setattr(LocalStorage, "staging_root", staging_root)  # noqa: B010 - a patched-in attribute
 
     from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
 
     metadata_root = type("StagedMetadataRoot", (LocalStorage,), {"datastore_root": staging_root})
-    LocalMetadataProvider._get_storage_class = classmethod(lambda cls: metadata_root)
+    setattr(LocalMetadataProvider, "_get_storage_class", classmethod(lambda cls: metadata_root))  # noqa: B010

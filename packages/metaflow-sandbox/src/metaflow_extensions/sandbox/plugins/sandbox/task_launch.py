@@ -48,7 +48,9 @@ class TaskLaunch:
     def save(self, directory: str) -> str:
         """Write to a private file in `directory`; return its path."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix=f"{self.step}-{self.task_id}-{self.attempt}-", suffix=".json", dir=directory)
+        fd, path = tempfile.mkstemp(
+            prefix=f"{self.step}-{self.task_id}-{self.attempt}-", suffix=".json", dir=directory
+        )
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f)
         return path
