@@ -11,6 +11,7 @@ import pytest
 
 from metaflow_sandbox_bubblewrap import BubblewrapBackend, BubblewrapSandbox
 from metaflow_sandbox_bubblewrap.limits import pick_cpus
+from metaflow_sandbox_bubblewrap.sandbox import LIVE_SANDBOXES
 from metaflow_sandbox_core import ConfigError, SandboxSpec
 
 CreateSandbox = Callable[..., BubblewrapSandbox]
@@ -43,10 +44,8 @@ def test_disk_caps_single_file_size(create_bubblewrap: CreateSandbox, shell: She
     assert shell(sandbox, "head -c 2000000 /dev/zero > /tmp/big")[0] != 0
 
 
-def test_cgroups_are_removed_on_destroy_even_with_commands_running(
-    bubblewrap_backend: BubblewrapBackend,
-) -> None:
-    sandbox = bubblewrap_backend.create(SandboxSpec(cpu=1, memory_mb=256))
+def test_cgroups_are_removed_on_destroy_even_with_commands_running(create_bubblewrap: CreateSandbox) -> None:
+    sandbox = create_bubblewrap(cpu=1, memory_mb=256)
     dirs = sandbox.limits.cgroup.dirs
     if not dirs:
         pytest.skip(f"no cgroup could be created here: {sandbox.limits.cgroup.failures}")
@@ -85,3 +84,19 @@ def test_gpu_is_refused_before_anything_is_created(bubblewrap_backend: Bubblewra
 )
 def test_pick_cpus(cpu: float, available: list[int], seed: int, expected: set[int]) -> None:
     assert pick_cpus(cpu, available, seed) == expected
+
+
+def test_destroy_by_id_removes_cgroups_whose_record_is_gone(
+    bubblewrap_backend: BubblewrapBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = bubblewrap_backend.create(SandboxSpec(memory_mb=256))
+    dirs = sandbox.limits.cgroup.dirs
+    if not dirs:
+        pytest.skip(f"no cgroup could be created here: {sandbox.limits.cgroup.failures}")
+    try:
+        monkeypatch.delitem(LIVE_SANDBOXES, sandbox.id)  # as if created by another process
+        os.unlink(sandbox.layout.record_file)  # e.g. the state directory was wiped
+        bubblewrap_backend.destroy(sandbox.id)
+        assert not [d for d in dirs if os.path.exists(d)]
+    finally:
+        sandbox.destroy()

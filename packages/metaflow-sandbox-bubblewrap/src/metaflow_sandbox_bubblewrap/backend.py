@@ -18,7 +18,7 @@ from metaflow_sandbox_core import (
     SandboxSpec,
 )
 
-from .cgroups import CGROUP_PREFIX, remove_cgroup_dirs
+from .cgroups import CGROUP_PREFIX, find_cgroup_dirs, remove_cgroup_dirs
 from .host import detect_host_system
 from .limits import SandboxLimits, apply_limits, reject_unsupported
 from .probe import check_bubblewrap
@@ -94,7 +94,9 @@ class BubblewrapBackend(Backend):
         if record is not None:
             for process in record.processes:
                 kill_recorded(process)
-            remove_cgroup_dirs(record.cgroups)
+        # Also found by name: the record may be gone while its cgroups are not.
+        cgroups = (record.cgroups if record else []) + find_cgroup_dirs(CGROUP_PREFIX + sandbox_id)
+        remove_cgroup_dirs(dict.fromkeys(cgroups))
         remove_tree(layout.host_dir)
 
 

@@ -235,6 +235,16 @@ def _rmdir(directory: str, wait: float = 0.0) -> None:
             time.sleep(0.02)
 
 
+def find_cgroup_dirs(name: str) -> list[str]:
+    """Existing cgroups called `name` wherever `create_sandbox_cgroup` could have made them."""
+    return [
+        os.path.join(parent, name)
+        for hierarchy in find_hierarchies()
+        for parent in hierarchy.candidate_parents()
+        if os.path.isdir(os.path.join(parent, name))
+    ]
+
+
 def remove_cgroup_dirs(dirs: Iterable[str]) -> None:
     """Kill whatever is left in each sandbox cgroup and remove it. Ignores anything not made by us."""
     for directory in dirs:

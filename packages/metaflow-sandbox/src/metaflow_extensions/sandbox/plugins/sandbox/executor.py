@@ -137,7 +137,11 @@ class TaskExecutor:
                 f"The {backend.name!r} backend cannot see this machine's files, so it needs a remote "
                 "datastore; this version supports the local datastore only with a backend that can mount."
             )
-        mounts = [Mount(launch.datastore_root, launch.datastore_root, read_only=True)]
+        # Only this run's directory and the flow's content-addressed blobs, read-only: other flows and
+        # other runs stay invisible; writes go to the staging tree.
+        flow_root = os.path.join(launch.datastore_root, launch.flow)
+        readable = [os.path.join(flow_root, launch.run_id), os.path.join(flow_root, "data")]
+        mounts = [Mount(path, path, read_only=True) for path in readable if os.path.isdir(path)]
         mounts += [Mount(prefix, prefix, read_only=True) for prefix in launch.python_prefixes]
         mounts.append(Mount(package_dir, package_dir, read_only=True))
         mounts.append(Mount(self.staging, self.staging, read_only=False))
