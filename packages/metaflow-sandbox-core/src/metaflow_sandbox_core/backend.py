@@ -6,9 +6,11 @@ import abc
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from .spec import NetworkPolicy, SandboxSpec
+
+_S = TypeVar("_S", bound="Sandbox")
 
 #: Receives each output line as it arrives: ("stdout" | "stderr", the line's bytes with its newline).
 OutputCallback = Callable[[str, bytes], None]
@@ -48,7 +50,12 @@ class SandboxInfo:
 
 
 class Sandbox(abc.ABC):
-    """One live sandbox. `destroy` is idempotent; using it as a context manager always destroys."""
+    """One live sandbox. `destroy` is idempotent; using it as a context manager always destroys.
+
+    Paths: `upload`/`download` must support absolute paths under `/tmp` (every backend), where the
+    extension puts the bootstrap and its plan. `download` of a missing file raises `FileNotFoundError`.
+    After `destroy`, `run` raises `SandboxError`; a command killed by `destroy` returns 137.
+    """
 
     id: str
 
@@ -81,7 +88,7 @@ class Sandbox(abc.ABC):
     def destroy(self) -> None:
         """Kill everything running in the sandbox and release it. Safe to call twice."""
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -80,7 +80,7 @@ def pick_default_backend(
             candidates.append((int(backend.capabilities.isolation), name, backend))
     for _, name, backend in sorted(candidates, key=lambda c: (-c[0], c[1])):
         try:
-            (probe or Backend.check)(backend)
+            probe(backend) if probe is not None else backend.check()
         except SandboxError as error:
             reasons.append(f"{name}: {error}")
             continue

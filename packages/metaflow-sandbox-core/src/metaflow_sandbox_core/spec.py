@@ -39,7 +39,9 @@ class Mount:
 class SandboxSpec:
     """Everything a backend needs to create one sandbox.
 
-    Sizes are in MiB, times in seconds. `None` means "the backend's default".
+    Sizes are in MiB, times in seconds. `None` means "the backend's default". `timeout` is the sandbox's
+    lifetime: a command still running that long after creation is killed (`SandboxTimeoutError`).
+    `network_allow` lists host:port destinations for `NetworkPolicy.DATASTORE` where a backend filters egress.
     """
 
     image: str | None = None
