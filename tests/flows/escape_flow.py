@@ -6,6 +6,16 @@ import os
 from metaflow import FlowSpec, Parameter, current, sandbox, step
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def touch(path):
+    with open(path, "w"):
+        pass
+
+
 def attempt(action):
     try:
         action()
@@ -27,12 +37,12 @@ class EscapeFlow(FlowSpec):
     @step
     def untrusted(self):
         root = self._datastore._storage_impl.datastore_root  # the real local datastore root
-        self.read_secret = attempt(lambda: open(self.secret_path).read())
+        self.read_secret = attempt(lambda: read(self.secret_path))
         self.list_other_flows = attempt(lambda: os.listdir(os.path.join(root, "OtherFlow")))
         self.write_datastore = attempt(
-            lambda: open(os.path.join(root, current.flow_name, current.run_id, "planted"), "w").close()
+            lambda: touch(os.path.join(root, current.flow_name, current.run_id, "planted"))
         )
-        self.read_home_secret = attempt(lambda: open(self.home_secret_path).read())
+        self.read_home_secret = attempt(lambda: read(self.home_secret_path))
         if self.forge:
             staging = os.environ["METAFLOW_SANDBOX_STAGING"]
             victim = os.path.join(staging, current.flow_name, current.run_id, "start", "1", "_meta")
