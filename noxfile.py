@@ -69,7 +69,7 @@ def unit(session: nox.Session, package: str) -> None:
 @nox.session(python=PYTHON, tags=["ci"])
 @nox.parametrize("backend,datastore,metadata", MATRIX, ids=[f"{b}-{d}-{m}" for b, d, m in MATRIX])
 def integration(session: nox.Session, backend: str, datastore: str, metadata: str) -> None:
-    install(session, *PACKAGES, extras=("metaflow-local-service>=0.2", "pip", "hatchling"))
+    install(session, *PACKAGES, extras=("metaflow-local-service>=0.2", "pip", "hatchling", "uv"))
     session.run(
         "pytest",
         "tests",
