@@ -178,7 +178,6 @@ class SandboxDecorator(StepDecorator):
         self.run_id = run_id
 
     def runtime_task_created(self, task_datastore, task_id, split_index, input_paths, is_cloned, ubf_context):
-        self.task_datastore = task_datastore
         if not is_cloned:
             self._save_package_once()
 
@@ -248,9 +247,10 @@ class SandboxDecorator(StepDecorator):
                 "options": options.options,
             },
             flow=self.flow.name,
-            run_id=str(self.run_id),
+            run_id=str(cli_args.command_options.get("run-id") or self.run_id),
             step=self.step,
-            task_id=str(self.task_datastore.task_id),
+            # One decorator instance serves every task of the step: take the task from its own command line.
+            task_id=str(cli_args.command_options["task-id"]),
             attempt=int(retry_count),
             datastore_type=self.flow_datastore.TYPE,
             datastore_root=self.flow_datastore.datastore_root,
@@ -269,29 +269,17 @@ class SandboxDecorator(StepDecorator):
         )
 
 
-class BubblewrapDecorator(SandboxDecorator):
-    """Runs this step in a bubblewrap (Linux namespaces) sandbox. Same parameters as @sandbox."""
-
-    name = "bubblewrap"
-    backend_name = "bubblewrap"
-
-
-class BoxliteDecorator(SandboxDecorator):
-    """Runs this step in a boxlite micro-VM. Same parameters as @sandbox."""
-
-    name = "boxlite"
-    backend_name = "boxlite"
+def _pinned(backend, what):
+    """A decorator class named after `backend` that always runs on it."""
+    doc = "Runs this step in %s. Same parameters as @sandbox (without `backend`)." % what
+    return type(
+        "%sDecorator" % backend.title().replace("E2b", "E2B"),
+        (SandboxDecorator,),
+        {"name": backend, "backend_name": backend, "__doc__": doc, "__module__": __name__},
+    )
 
 
-class DaytonaDecorator(SandboxDecorator):
-    """Runs this step in a Daytona cloud sandbox. Same parameters as @sandbox."""
-
-    name = "daytona"
-    backend_name = "daytona"
-
-
-class E2BDecorator(SandboxDecorator):
-    """Runs this step in an E2B cloud sandbox. Same parameters as @sandbox."""
-
-    name = "e2b"
-    backend_name = "e2b"
+BubblewrapDecorator = _pinned("bubblewrap", "a bubblewrap (Linux namespaces) sandbox")
+BoxliteDecorator = _pinned("boxlite", "a boxlite micro-VM")
+DaytonaDecorator = _pinned("daytona", "a Daytona cloud sandbox")
+E2BDecorator = _pinned("e2b", "an E2B cloud sandbox")
