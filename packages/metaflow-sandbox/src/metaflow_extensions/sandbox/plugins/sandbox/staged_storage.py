@@ -1,117 +1,103 @@
-"""Inside the sandbox: the task reads the real local datastore but writes only to its private staging tree.
+"""Inside the sandbox: the task reads the real datastore but writes only to its private staging area.
 
-The real datastore is mounted read-only at its own path; writes (artifacts, task files, local
-metadata) land in `$METAFLOW_SANDBOX_STAGING` with the same relative layout. After the task, the
-launcher's relay accepts from there only what belongs to this task.
+Every datastore write (artifacts, task files) goes to a staging root with the same relative layout —
+a local directory for the local datastore, a private prefix for S3 — and reads look there first, then
+at the real root. Local metadata goes to a private directory. After the task, the launcher's relay
+accepts from staging only what belongs to this task. Works for any `DataStoreStorage` class.
 """
 
 import os
+from itertools import chain
 
-from metaflow.plugins.datastores.local_storage import LocalStorage
+from metaflow.datastore.datastore_storage import CloseAfterUse
+
+STAGED_METHODS = ("is_file", "info_file", "size_file", "list_content", "save_bytes", "load_bytes")
 
 
-class _StagedMethods(LocalStorage):
-    """Methods patched onto `LocalStorage`: reads see staging, then the real root; writes go to staging."""
+class _BothClosed:
+    def __init__(self, *contexts):
+        self._contexts = contexts
 
-    staging_root = ""
+    def close(self):
+        for context in self._contexts:
+            context.__exit__(None, None, None)
 
-    def _staged(self, path):
-        return os.path.join(self.staging_root, path.lstrip("/"))
 
-    def _read_uri(self, path):
-        staged = self._staged(path)
-        return staged if os.path.exists(staged) else self.full_uri(path)
+def _staging(storage_cls, staging_root):
+    """Patch `storage_cls` so every instance stages its writes under `staging_root`."""
+    # A subclass keeping the original methods: the two views (staging and real) of an instance.
+    plain = type(
+        "Unstaged" + storage_cls.__name__,
+        (storage_cls,),
+        {m: getattr(storage_cls, m) for m in STAGED_METHODS},
+    )
+
+    def views(self):
+        cached = self.__dict__.get("_sandbox_views")
+        if cached is None:
+            cached = self.__dict__["_sandbox_views"] = (plain(staging_root), plain(self.datastore_root))
+        return cached
 
     def is_file(self, paths):
-        return [os.path.isfile(self._read_uri(p)) for p in paths]
+        stage, real = views(self)
+        return [a or b for a, b in zip(stage.is_file(paths), real.is_file(paths))]
 
     def info_file(self, path):
-        uri = self._read_uri(path)
-        if not os.path.isfile(uri):
-            return False, None
-        try:
-            with open(uri + "_meta") as f:
-                import json
-
-                return True, json.load(f)
-        except OSError:
-            return True, None
+        stage, real = views(self)
+        found = stage.info_file(path)
+        return found if found[0] else real.info_file(path)
 
     def size_file(self, path):
-        uri = self._read_uri(path)
-        return os.path.getsize(uri) if os.path.isfile(uri) else None
+        stage, real = views(self)
+        size = stage.size_file(path)
+        return size if size is not None else real.size_file(path)
 
     def list_content(self, paths):
-        seen = {}
-        for root in (self.datastore_root, self.staging_root):
-            for path in paths:
-                if path == self.METADATA_DIR:
-                    continue
-                try:
-                    names = os.listdir(os.path.join(root or "", path))
-                except OSError:
-                    continue
-                for name in names:
-                    if name != self.METADATA_DIR:
-                        child = self.path_join(path, name)
-                        seen[child] = self.list_content_result(path=child, is_file=self.is_file([child])[0])
-        return list(seen.values())
+        stage, real = views(self)
+        merged = {r.path: r for r in real.list_content(paths)}
+        merged.update({r.path: r for r in stage.list_content(paths)})
+        return list(merged.values())
 
     def save_bytes(self, path_and_bytes_iter, overwrite=False, len_hint=0):
-        import json
-
-        for path, obj in path_and_bytes_iter:
-            byte_obj, metadata = obj if isinstance(obj, tuple) else (obj, None)
-            target = self._staged(path)
-            if not overwrite and os.path.exists(self._read_uri(path)):
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            self._atomic_write(target, byte_obj.read(), mode="wb")
-            if metadata:
-                self._atomic_write(target + "_meta", json.dumps(metadata).encode("utf-8"), mode="wb")
+        return views(self)[0].save_bytes(path_and_bytes_iter, overwrite=overwrite, len_hint=len_hint)
 
     def load_bytes(self, paths):
-        import json
+        stage, real = views(self)
+        paths = list(paths)
+        staged = stage.is_file(paths)
+        first = stage.load_bytes([p for p, s in zip(paths, staged) if s])
+        second = real.load_bytes([p for p, s in zip(paths, staged) if not s])
+        return CloseAfterUse(chain(first.__enter__(), second.__enter__()), closer=_BothClosed(first, second))
 
-        from metaflow.datastore.datastore_storage import CloseAfterUse
-
-        def results():
-            for path in paths:
-                uri = self._read_uri(path)
-                if not os.path.exists(uri):
-                    yield path, None, None
-                    continue
-                metadata = None
-                if os.path.exists(uri + "_meta"):
-                    with open(uri + "_meta") as f:
-                        metadata = json.load(f)
-                yield path, uri, metadata
-
-        return CloseAfterUse(results())
-
-
-def install_staged_storage(staging_root):
-    """Patch `LocalStorage` in this process so datastore writes and local metadata go to `staging_root`.
-
-    The real root stays the datastore root (URIs and reads are unchanged); local metadata gets a storage
-    class of its own whose root is the staging tree. Idempotent.
-    """
-    if getattr(LocalStorage, "staging_root", None) == staging_root:
-        return
-    for name in (
-        "_staged",
-        "_read_uri",
-        "is_file",
-        "info_file",
-        "size_file",
-        "list_content",
-        "save_bytes",
-        "load_bytes",
+    for name, method in (
+        ("is_file", is_file),
+        ("info_file", info_file),
+        ("size_file", size_file),
+        ("list_content", list_content),
+        ("save_bytes", save_bytes),
+        ("load_bytes", load_bytes),
     ):
-        setattr(LocalStorage, name, _StagedMethods.__dict__[name])
-    setattr(LocalStorage, "staging_root", staging_root)  # noqa: B010 - a patched-in attribute
+        setattr(storage_cls, name, method)
+    setattr(storage_cls, "sandbox_staging_root", staging_root)  # noqa: B010 - a patched-in marker
 
+
+def install_staged_storage(metadata_dir, datastore_staging=None):
+    """Stage this process's datastore writes and send its local metadata to `metadata_dir`. Idempotent.
+
+    `datastore_staging` is the staging root of a remote datastore (e.g. an s3:// prefix); for the local
+    datastore the staging tree is `metadata_dir` itself.
+    """
+    from metaflow.plugins.datastores.local_storage import LocalStorage
     from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
 
-    metadata_root = type("StagedMetadataRoot", (LocalStorage,), {"datastore_root": staging_root})
+    if getattr(LocalStorage, "sandbox_staging_root", None) is not None:
+        return
+    os.makedirs(metadata_dir, exist_ok=True)
+    _staging(LocalStorage, metadata_dir)
+    if datastore_staging and datastore_staging.startswith("s3://"):
+        from metaflow.plugins.datastores.s3_storage import S3Storage
+
+        _staging(S3Storage, datastore_staging)
+    # Local metadata gets a storage class of its own, rooted in the private directory.
+    metadata_root = type("SandboxMetadataRoot", (LocalStorage,), {"datastore_root": metadata_dir})
     setattr(LocalMetadataProvider, "_get_storage_class", classmethod(lambda cls: metadata_root))  # noqa: B010
