@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
-import os
+import zlib
+from typing import IO
 
 CHUNK = 1 << 20
 
 
-def blob_matches_name(path: str) -> bool:
-    """True when the blob at `path` (with its optional `<path>_meta`) hashes to its file name.
+def blob_matches_name(stream: IO[bytes], sha: str) -> bool:
+    """True when the blob's bytes, as stored or gunzipped, hash (sha1) to `sha`.
 
-    Metaflow names a blob by the sha1 of the bytes it was given; unless `cas_raw` is set it stores them
-    gzip-compressed.
+    Metaflow names a blob by the sha1 of the bytes it was given and stores them either raw or
+    gzip-compressed; both are hashed in one pass, so no sidecar metadata needs to be trusted.
     """
-    raw = True
-    meta_path = path + "_meta"
-    if os.path.exists(meta_path):
-        with open(meta_path, "rb") as f:
-            raw = bool(json.load(f).get("cas_raw", True))
-    digest = hashlib.sha1()
-    try:
-        with open(path, "rb") as f:
-            stream = f if raw else gzip.GzipFile(fileobj=f, mode="rb")
-            for chunk in iter(lambda: stream.read(CHUNK), b""):
-                digest.update(chunk)
-    except (OSError, EOFError):
-        return False
-    return digest.hexdigest() == os.path.basename(path)
+    raw = hashlib.sha1()
+    unzipped = hashlib.sha1()
+    inflater: zlib._Decompress | None = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with stream:
+        for chunk in iter(lambda: stream.read(CHUNK), b""):
+            raw.update(chunk)
+            if inflater is not None:
+                try:
+                    unzipped.update(inflater.decompress(chunk))
+                except zlib.error:
+                    inflater = None
+    if raw.hexdigest() == sha:
+        return True
+    return inflater is not None and inflater.eof and unzipped.hexdigest() == sha

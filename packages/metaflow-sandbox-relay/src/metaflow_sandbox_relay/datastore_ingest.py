@@ -1,10 +1,11 @@
-"""Moving a staged task's blobs and files into the real local datastore."""
+"""Putting a staged task's blobs and files into the real datastore (a local root or an s3:// root)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 
+from .sources import LocalStaging, S3Staging
 from .staging import StagedTask
 
 
@@ -17,15 +18,31 @@ def _move(src: str, dst: str) -> None:
         os.replace(dst + ".partial", dst)
 
 
-def apply_to_datastore(staged: StagedTask, datastore_root: str) -> None:
-    """Move blobs (skipping ones already stored) and task files; the `DONE.lock` goes last."""
+def _ordered(staged: StagedTask) -> list[str]:
+    """Blobs first (with their sidecars), then task files, the `DONE.lock` last: readers never see a
+    finished task whose data is missing."""
+    blobs = []
     for rel in staged.blobs:
-        dst = os.path.join(datastore_root, rel)
-        if os.path.exists(dst):
+        blobs += [rel + "_meta", rel]
+    return blobs + sorted(staged.task_files, key=lambda r: r.endswith("DONE.lock"))
+
+
+def apply_to_datastore(staged: StagedTask, datastore_root: str) -> None:
+    """Copy accepted files into the datastore; blobs already stored are left alone."""
+    source = staged.source
+    if isinstance(source, LocalStaging):
+        for rel in _ordered(staged):
+            src, dst = source.path(rel), os.path.join(datastore_root, rel)
+            if os.path.exists(src) and not (rel in staged.blobs and os.path.exists(dst)):
+                _move(src, dst)
+        return
+    assert isinstance(source, S3Staging) and datastore_root.startswith("s3://")
+    bucket, _, prefix = datastore_root[len("s3://") :].partition("/")
+    existing = {rel for rel, _ in source.files()}
+    for rel in _ordered(staged):
+        if rel not in existing:
             continue
-        meta = os.path.join(staged.root, rel + "_meta")
-        if os.path.exists(meta):
-            _move(meta, dst + "_meta")
-        _move(os.path.join(staged.root, rel), dst)
-    for rel in sorted(staged.task_files, key=lambda r: r.endswith("DONE.lock")):
-        _move(os.path.join(staged.root, rel), os.path.join(datastore_root, rel))
+        key = f"{prefix.rstrip('/')}/{rel}" if prefix else rel
+        source.client.copy_object(
+            Bucket=bucket, Key=key, CopySource={"Bucket": source.bucket, "Key": source.key(rel)}
+        )

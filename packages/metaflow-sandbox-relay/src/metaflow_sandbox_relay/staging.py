@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass, field
+from typing import Union
 
 from .blob_check import blob_matches_name
 from .scope import RelayRefusedError, TaskScope
+from .sources import LocalStaging, S3Staging
+
+Source = Union[LocalStaging, S3Staging]  # noqa: UP007 - also runs on Python 3.9
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _ATTEMPT_TAG = re.compile(r"^attempt_id:(\d+)$")
@@ -28,33 +30,12 @@ class Limits:
 class StagedTask:
     """What a sandboxed task produced, already checked against its scope."""
 
-    root: str
+    source: Source
     scope: TaskScope
-    blobs: list[str] = field(default_factory=list)  # paths relative to root, with their _meta files
+    blobs: list[str] = field(default_factory=list)  # paths relative to the source, with their _meta files
     task_files: list[str] = field(default_factory=list)
     #: (record name without .json, record) for the task's metadata.
     records: list[tuple[str, dict]] = field(default_factory=list)
-
-
-def _walk_files(root: str, problems: list[str], limit: int):
-    count = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, name)):
-                problems.append(f"symlink {os.path.relpath(os.path.join(dirpath, name), root)}")
-                dirnames.remove(name)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            count += 1
-            if count > limit:
-                problems.append(f"more than {limit} files")
-                return
-            mode = os.lstat(path).st_mode
-            rel = os.path.relpath(path, root)
-            if not stat.S_ISREG(mode):
-                problems.append(f"{rel} is not a regular file")
-                continue
-            yield rel
 
 
 def _check_record(rel: str, record: object, scope: TaskScope) -> str | None:
@@ -93,26 +74,37 @@ def _check_ancestor(rel: str, record: object, scope: TaskScope) -> str | None:
     return None
 
 
-def _load_json(path: str, rel: str, limits: Limits, problems: list[str]) -> object | None:
-    size = os.path.getsize(path)
+def _load_json(source: Source, rel: str, size: int, limits: Limits, problems: list[str]) -> object | None:
     if size > limits.max_record_bytes:
         problems.append(f"{rel} is {size} bytes (limit {limits.max_record_bytes})")
         return None
     try:
-        with open(path, "rb") as f:
-            return json.load(f)
+        with source.open(rel) as f:
+            return json.loads(f.read())
     except ValueError:
         problems.append(f"{rel} is not valid JSON")
         return None
 
 
-def collect_staged_task(root: str, scope: TaskScope, limits: Limits | None = None) -> StagedTask:
-    """Classify every file under `root`; raise `RelayRefusedError` if anything is out of scope."""
+def collect_staged_task(
+    datastore: Source | str,
+    scope: TaskScope,
+    limits: Limits | None = None,
+    metadata: Source | str | None = None,
+) -> StagedTask:
+    """Classify every staged file; raise `RelayRefusedError` if anything is out of scope or bounds.
+
+    `datastore` holds the task's datastore writes; `metadata` its local metadata tree (by default the
+    same tree, as with the local datastore). Paths are given as a local directory or a source object.
+    """
     limits = limits or Limits()
-    staged = StagedTask(root=root, scope=scope)
+    datastore = LocalStaging(datastore) if isinstance(datastore, str) else datastore
+    if metadata is None:
+        metadata = datastore
+    elif isinstance(metadata, str):
+        metadata = LocalStaging(metadata)
+    staged = StagedTask(source=datastore, scope=scope)
     problems: list[str] = []
-    if not os.path.isdir(root):
-        return staged
     flow, run_id, step, task_id = scope.task_path
     task_prefix = f"{scope.attempt}."
     ancestors = {
@@ -121,31 +113,49 @@ def collect_staged_task(root: str, scope: TaskScope, limits: Limits | None = Non
         (flow, run_id, step, "_meta", "_self.json"),
     }
     metadata_bytes = 0
-    for rel in _walk_files(root, problems, limits.max_files):
-        parts = tuple(rel.split(os.sep))
-        path = os.path.join(root, rel)
+    count = 0
+    entries = [(datastore, rel, size) for rel, size in datastore.files()]
+    if metadata is not datastore:
+        entries += [(metadata, rel, size) for rel, size in metadata.files()]
+    for source, rel, size in entries:
+        count += 1
+        if count > limits.max_files:
+            problems.append(f"more than {limits.max_files} files")
+            break
+        parts = tuple(rel.split("/"))
         name = parts[-1]
-        if name.startswith("tmp") and len(parts) > 1:
+        is_datastore = source is datastore
+        is_metadata = source is metadata
+        if (
+            name.startswith("tmp")
+            and len(parts) > 1
+            and source is not None
+            and isinstance(source, LocalStaging)
+        ):
             continue  # an interrupted atomic write; never applied
-        if len(parts) == 4 and parts[:2] == (flow, "data"):
+        if is_datastore and len(parts) == 4 and parts[:2] == (flow, "data"):
             sha = name[: -len("_meta")] if name.endswith("_meta") else name
             if _SHA.match(sha) and parts[2] == sha[:2]:
                 if name == sha:
-                    if blob_matches_name(path):
+                    if blob_matches_name(datastore.open(rel), sha):
                         staged.blobs.append(rel)
                     else:
                         problems.append(f"{rel} does not hash to its name")
                 continue
-        elif len(parts) == 5 and parts[:4] == scope.task_path:
+        elif is_datastore and len(parts) == 5 and parts[:4] == scope.task_path:
             if name.startswith(task_prefix):
                 staged.task_files.append(rel)
                 continue
-        elif len(parts) == 6 and parts[:5] == (*scope.task_path, "_meta") and name.endswith(".json"):
-            record = _load_json(path, rel, limits, problems)
+        elif (
+            is_metadata
+            and len(parts) == 6
+            and parts[:5] == (*scope.task_path, "_meta")
+            and name.endswith(".json")
+        ):
+            record = _load_json(source, rel, size, limits, problems)
             if record is not None:
-                metadata_bytes += os.path.getsize(path)
-                why = None if name == "_self.json" else _check_record(rel, record, scope)
-                if why is None and name == "_self.json":
+                metadata_bytes += size
+                if name == "_self.json":
                     why = _check_ancestor(rel, record, scope)
                     if (
                         why is None
@@ -153,19 +163,22 @@ def collect_staged_task(root: str, scope: TaskScope, limits: Limits | None = Non
                         and str(record.get("task_id", task_id)) != task_id
                     ):
                         why = f"{rel} names task_id={record['task_id']!r}, not {task_id!r}"
+                else:
+                    why = _check_record(rel, record, scope)
                 if why:
                     problems.append(why)
                 else:
                     staged.records.append((name[: -len(".json")], record))  # type: ignore[arg-type]
             continue
-        elif parts in ancestors:
-            record = _load_json(path, rel, limits, problems)
+        elif is_metadata and parts in ancestors:
+            record = _load_json(source, rel, size, limits, problems)
             if record is not None:
                 why = _check_ancestor(rel, record, scope)
                 if why:
                     problems.append(why)
             continue
         problems.append(f"{rel} is outside {scope}")
+    problems = datastore.problems + (metadata.problems if metadata is not datastore else []) + problems
     if metadata_bytes > limits.max_metadata_bytes:
         problems.append(f"{metadata_bytes} bytes of metadata (limit {limits.max_metadata_bytes})")
     if problems:

@@ -1,0 +1,69 @@
+"""Where a sandbox's staged results are read from: a local directory or an S3 prefix."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from typing import IO, Any
+
+
+class LocalStaging:
+    """A staging tree on the launcher's disk (mounted into the sandbox, or extracted from an archive)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.problems: list[str] = []
+
+    def files(self) -> Iterator[tuple[str, int]]:
+        """(relative path with "/" separators, size) of each regular file; anything else is a problem."""
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            for name in list(dirnames):
+                if os.path.islink(os.path.join(dirpath, name)):
+                    self.problems.append(f"symlink {self._rel(os.path.join(dirpath, name))}")
+                    dirnames.remove(name)
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode):
+                    self.problems.append(f"{self._rel(path)} is not a regular file")
+                    continue
+                yield self._rel(path), info.st_size
+
+    def open(self, rel: str) -> IO[bytes]:
+        return open(os.path.join(self.root, rel), "rb")
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+
+class S3Staging:
+    """A staging prefix in S3 (or an S3-compatible store), read with the launcher's boto3 client."""
+
+    def __init__(self, client: Any, url: str):
+        if not url.startswith("s3://"):
+            raise ValueError(f"not an s3:// url: {url}")
+        self.client = client
+        self.bucket, _, prefix = url[len("s3://") :].partition("/")
+        self.prefix = prefix.rstrip("/") + "/"
+        self.problems: list[str] = []
+
+    def files(self) -> Iterator[tuple[str, int]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix) :], int(item["Size"])
+
+    def open(self, rel: str) -> IO[bytes]:
+        return self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"]
+
+    def key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    def delete_all(self) -> None:
+        keys = [{"Key": self.key(rel)} for rel, _ in self.files()]
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000]})
