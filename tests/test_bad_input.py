@@ -129,3 +129,20 @@ def test_backend_that_cannot_mount_with_local_datastore(tmp_path, tiny_backend_p
     assert result.returncode != 0
     assert "cannot use the local datastore" in output and "--datastore=s3" in output, output
     assert not (cache / "staging").exists()
+
+
+@pytest.mark.parametrize(
+    "decorators, message",
+    [
+        ("@bubblewrap(image='python:3.11')", "cannot use images"),
+        ("@bubblewrap(gpu=1)", "gpu"),
+        ("@sandbox(trusted_types=5)", "trusted_types=5 must be a list of module names"),
+    ],
+)
+def test_backend_refuses_what_it_cannot_honour_before_the_run(tmp_path, decorators, message):
+    result, cache = run_bad(tmp_path, decorators)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output
+    assert "Task is starting" not in output
+    assert not (cache / "staging").exists()

@@ -159,3 +159,13 @@ def test_sandbox_list_and_sweep_find_leaked_sandboxes(project: Project, tmp_path
     )
     assert "Destroyed 1 sandbox(es)." in swept.stdout + swept.stderr, swept.stdout + swept.stderr
     assert backend.list({"metaflow.flow": "CatchFlow"}) == []
+
+
+def test_artifact_that_would_run_code_on_the_launcher_is_refused(project: Project, tmp_path):
+    marker = tmp_path / "bomb-went-off"
+    result = project.run("pickle_bomb_flow.py", "run", "--marker", str(marker), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "artifact 'payload' cannot be loaded safely: it references posix.system" in output, output
+    assert "trusted_types" in output
+    assert not marker.exists(), "the sandboxed step's pickle ran code on the launcher"

@@ -53,9 +53,19 @@ class BubblewrapBackend(Backend):
         """`ConfigError` if bwrap is missing; `UnavailableError` (not retryable) if it cannot make namespaces."""
         check_bubblewrap(self.bwrap)
 
+    def validate(self, spec: SandboxSpec) -> None:
+        """`ConfigError` for an image or a GPU: this backend runs the host system and passes no GPU through."""
+        if spec.image is not None:
+            raise ConfigError(
+                f"image={spec.image!r}: the bubblewrap backend runs the host's own system read-only and cannot "
+                "use images. Remove image=, or pick a backend that runs images (boxlite, daytona, e2b)."
+            )
+        reject_unsupported(spec)
+
     def create(self, spec: SandboxSpec) -> BubblewrapSandbox:
         bwrap = check_bubblewrap(self.bwrap)
-        _reject_unusable(spec)
+        self.validate(spec)
+        _reject_unusable_mounts(spec)
         self.state.ensure()
         sandbox_id = self.state.new_id()
         layout = self.state.layout(sandbox_id)
@@ -100,14 +110,8 @@ class BubblewrapBackend(Backend):
         remove_tree(layout.host_dir)
 
 
-def _reject_unusable(spec: SandboxSpec) -> None:
-    """`ConfigError` for a spec this backend cannot honour (checked before anything is created)."""
-    if spec.image is not None:
-        raise ConfigError(
-            f"image={spec.image!r}: the bubblewrap backend runs the host's own system read-only and cannot use "
-            "images. Remove image=, or pick a backend that runs images (boxlite, daytona, e2b)."
-        )
-    reject_unsupported(spec)
+def _reject_unusable_mounts(spec: SandboxSpec) -> None:
+    """`ConfigError` for mounts that cannot work (checked before anything is created)."""
     for mount in spec.mounts:
         if posixpath.normpath(mount.sandbox_path) == "/":
             raise ConfigError(

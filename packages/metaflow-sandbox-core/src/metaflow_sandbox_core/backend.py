@@ -104,6 +104,12 @@ class Backend(abc.ABC):
     def check(self) -> None:  # noqa: B027 - optional hook, most backends have nothing to check
         """Raise `ConfigError`/`UnavailableError` naming the fix if this backend cannot work here."""
 
+    def validate(self, spec: SandboxSpec) -> None:  # noqa: B027 - optional hook
+        """Raise `ConfigError` naming the fix for a spec this backend cannot honour.
+
+        Called before a run starts (so bad input stops it before any sandbox exists) and again by `create`.
+        """
+
     @abc.abstractmethod
     def create(self, spec: SandboxSpec) -> Sandbox:
         """Create and start a sandbox; it is ready to `run` when this returns."""

@@ -11,6 +11,7 @@ ATTRIBUTE_DEFAULTS = {
     "env": None,
     "network": None,
     "options": None,
+    "trusted_types": None,
 }
 
 #: Set inside a sandbox to the task's private staging directory.

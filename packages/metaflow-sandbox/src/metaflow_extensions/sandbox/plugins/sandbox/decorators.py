@@ -50,6 +50,10 @@ class SandboxDecorator(StepDecorator):
         "none", "datastore" (only what the datastore needs) or "full".
     options : dict, optional
         Backend-specific settings.
+    trusted_types : list of str or "*", optional
+        Module prefixes whose classes the step's artifacts may contain (e.g. ["numpy", "pandas"]). Artifacts
+        are pickles: by default only plain Python data may leave the sandbox, because unpickling anything
+        else on the launcher could run the sandboxed code there. "*" accepts every pickle.
     """
 
     name = "sandbox"
@@ -104,7 +108,7 @@ class SandboxDecorator(StepDecorator):
             )
 
     def _resolve(self, decos, flow_datastore, logger):
-        from metaflow_sandbox_core import ConfigError, backend_class, pick_default_backend
+        from metaflow_sandbox_core import ConfigError, SandboxSpec, backend_class, pick_default_backend
 
         from .options import parse_options
 
@@ -112,6 +116,18 @@ class SandboxDecorator(StepDecorator):
         name = self._backend_name(options, pick_default_backend, logger)
         backend = backend_class(name)()
         backend.check()
+        backend.validate(
+            SandboxSpec(
+                image=options.image,
+                cpu=options.cpu,
+                memory_mb=options.memory_mb,
+                gpu=options.gpu,
+                disk_mb=options.disk_mb,
+                timeout=options.timeout,
+                network=options.network,
+                options=options.options,
+            )
+        )
         if options.network not in backend.capabilities.network_policies:
             raise ConfigError(
                 "network=%r is not supported by the %r backend (it supports %s)."
@@ -266,6 +282,9 @@ class SandboxDecorator(StepDecorator):
             cache_dir=os.path.abspath(cache_dir),
             step_env=step_env,
             run_time_limit=float(self.run_time_limit),
+            trusted_types=options.trusted_types
+            if options.trusted_types == "*"
+            else list(options.trusted_types),
         )
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from typing import IO
 
 from metaflow_sandbox_core import (
     Backend,
@@ -28,9 +29,11 @@ from metaflow_sandbox_core import (
 from metaflow_sandbox_relay import (
     RelayRefusedError,
     ServiceReplayError,
+    StagedTask,
     TaskScope,
     apply_local_metadata,
     apply_to_datastore,
+    artifact_problems,
     collect_staged_task,
     replay_to_service,
 )
@@ -149,7 +152,8 @@ class TaskExecutor:
         if config_file:
             mounts.append(Mount(os.path.abspath(config_file), os.path.abspath(config_file), read_only=True))
         spec = dict(launch.spec)
-        spec.setdefault("timeout", launch.run_time_limit + TIMEOUT_GRACE)
+        if spec.get("timeout") is None:
+            spec["timeout"] = launch.run_time_limit + TIMEOUT_GRACE
         return SandboxSpec(**spec, mounts=tuple(mounts), labels=launch.labels)
 
     def _run_in_sandbox(self, backend: Backend, spec: SandboxSpec, plan: Plan) -> int:
@@ -184,11 +188,34 @@ class TaskExecutor:
     def _relay(self) -> None:
         launch = self.launch
         staged = collect_staged_task(self.staging, self.scope)
+        self._check_artifacts(staged)
         apply_to_datastore(staged, launch.datastore_root)
         if launch.metadata_type == "local":
             apply_local_metadata(staged, launch.datastore_root)
         elif launch.metadata_type == "service" and launch.service_url:
             replay_to_service(staged, launch.service_url, launch.service_headers)
+
+    def _check_artifacts(self, staged: StagedTask) -> None:
+        """Refuse artifacts the launcher could not unpickle without running sandboxed code."""
+        listing = f"{self.launch.attempt}.data.json"
+        data_json = next((rel for rel in staged.task_files if rel.endswith("/" + listing)), None)
+        if data_json is None or self.launch.trusted_types == "*":
+            return
+        staged_blobs = {rel.rsplit("/", 1)[-1]: rel for rel in staged.blobs}
+        flow_data = os.path.join(self.launch.datastore_root, self.launch.flow, "data")
+
+        def open_blob(sha: str) -> IO[bytes]:
+            if sha in staged_blobs:
+                return staged.source.open(staged_blobs[sha])
+            return open(os.path.join(flow_data, sha[:2], sha), "rb")
+
+        with staged.source.open(data_json) as f:
+            problems = artifact_problems(f.read(), open_blob, self.launch.trusted_types)
+        if problems:
+            problems.append(
+                "to accept other types, list their modules in trusted_types=[...] (see docs/security.md)"
+            )
+            raise RelayRefusedError(self.scope, problems)
 
 
 def launch_from_argv(argv: list[str]) -> int:

@@ -26,6 +26,8 @@ class SandboxOptions:
     env: dict[str, str] = field(default_factory=dict)
     network: NetworkPolicy = NetworkPolicy.NONE
     options: dict[str, Any] = field(default_factory=dict)
+    #: Module prefixes whose classes the step's artifacts may contain ("*" = any pickle at all).
+    trusted_types: tuple[str, ...] | str = ()
 
 
 def _number(name: str, value: Any, example: str) -> float | None:
@@ -62,6 +64,20 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _trusted_types(value: Any) -> tuple[str, ...] | str:
+    if value in (None, "", [], ()):
+        return ()
+    if value == "*":
+        return "*"
+    if isinstance(value, str):  # from --with sandbox:trusted_types=numpy,pandas
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(
+            f"trusted_types={value!r} must be a list of module names, e.g. trusted_types=['numpy', 'pandas'], or '*'."
+        )
+    return tuple(value)
+
+
 def parse_options(attributes: Mapping[str, Any]) -> SandboxOptions:
     """Validate decorator attributes; raise `ConfigError` naming the fix."""
     unknown = set(attributes) - set(ATTRIBUTE_DEFAULTS)
@@ -90,4 +106,5 @@ def parse_options(attributes: Mapping[str, Any]) -> SandboxOptions:
         env=env,
         network=NetworkPolicy.parse(network) if network else NetworkPolicy.NONE,
         options=_mapping("options", attributes.get("options")),
+        trusted_types=_trusted_types(attributes.get("trusted_types")),
     )

@@ -1,4 +1,7 @@
-"""`TaskLaunch`: what the runtime hands the launcher for one task attempt (a JSON file, no secrets)."""
+"""`TaskLaunch`: what the runtime hands the launcher for one task attempt (a 0600 JSON file).
+
+It may hold the metadata service's headers (an auth token); it stays on the launcher and never enters a sandbox.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class TaskLaunch:
     service_url: str | None = None
     service_headers: dict[str, str] = field(default_factory=dict)
     step_env: dict[str, str] = field(default_factory=dict)
+    trusted_types: list[str] | str = field(default_factory=list)
     run_time_limit: float = 5 * 24 * 3600
 
     @property
