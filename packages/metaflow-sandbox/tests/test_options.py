@@ -63,3 +63,41 @@ def test_step_command_split_and_inner_argv():
         "--tag",
         "sandbox",
     ]
+
+
+def test_task_launch_file_is_private(tmp_path):
+    import os
+    import stat
+
+    from metaflow_extensions.sandbox.plugins.sandbox.task_launch import TaskLaunch
+
+    launch = TaskLaunch(
+        backend="bubblewrap",
+        spec={},
+        flow="F",
+        run_id="1",
+        step="s",
+        task_id="2",
+        attempt=0,
+        datastore_type="local",
+        datastore_root="/r",
+        metadata_type="service",
+        package_blob="/p",
+        package_sha="x",
+        package_env={},
+        python="/usr/bin/python3",
+        python_prefixes=[],
+        flow_file="f.py",
+        cache_dir=str(tmp_path),
+        service_headers={"Authorization": "Bearer secret"},
+    )
+    path = launch.save(str(tmp_path / "launch"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "launch").st_mode) == 0o700
+    assert TaskLaunch.load(path) == launch
+
+
+def test_trusted_types_parsing():
+    assert parse_options({"trusted_types": "numpy, pandas"}).trusted_types == ("numpy", "pandas")
+    assert parse_options({"trusted_types": "*"}).trusted_types == "*"
+    assert parse_options({}).trusted_types == ()
