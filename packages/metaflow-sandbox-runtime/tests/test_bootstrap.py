@@ -65,3 +65,71 @@ def test_signal_exit_code_and_env_and_archive(tmp_path):
 def test_plan_round_trip():
     plan = Plan(python="p", argv=["a"], package_dir="/d", workdir="/w", env={"A": "1"})
     assert Plan.from_dict(json.loads(plan.to_json())) == plan
+
+
+def test_fetches_package_by_url_uploads_results_and_names_unreachable_endpoints(tmp_path):
+    import gzip
+    import http.server
+    import io
+    import threading
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mod.py").write_text("VALUE = 'fetched'\n")
+    with tarfile.open(tmp_path / "pkg.tgz", "w:gz") as tar:
+        tar.add(src / "mod.py", arcname="mod.py")
+    archive = (tmp_path / "pkg.tgz").read_bytes()
+    received = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(archive)
+
+        def do_PUT(self):
+            received[self.path] = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    out_dir = tmp_path / "meta"
+    out_dir.mkdir()
+    (out_dir / "record.json").write_text("{}")
+    try:
+        plan = Plan(
+            python=sys.executable,
+            argv=["-c", "import mod; print(mod.VALUE)"],
+            package_dir=str(tmp_path / "pkg"),
+            workdir=str(tmp_path / "w"),
+            env={"PYTHONPATH": str(tmp_path / "pkg")},
+            package_url=base + "/pkg",
+            log_paths={"stdout": str(tmp_path / "out.log")},
+            endpoints=[{"host": "127.0.0.1", "port": str(server.server_address[1]), "what": "the datastore"}],
+            uploads=[
+                {"path": str(tmp_path / "out.log"), "url": base + "/log"},
+                {"path": str(out_dir), "url": base + "/meta"},
+            ],
+        )
+        (tmp_path / "plan.json").write_text(plan.to_json())
+        done = subprocess.run(
+            plan.command(bootstrap_path(), str(tmp_path / "plan.json")), capture_output=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.rstrip().endswith(b"fetched")
+        assert received["/log"] == (tmp_path / "out.log").read_bytes()
+        with tarfile.open(fileobj=io.BytesIO(received["/meta"])) as tar:
+            assert "./record.json" in tar.getnames()
+        assert gzip.decompress(received["/meta"])  # a real .tgz
+    finally:
+        server.shutdown()
+    plan.endpoints = [{"host": "127.0.0.1", "port": "1", "what": "the datastore"}]
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    done = subprocess.run(plan.command(bootstrap_path(), str(tmp_path / "plan.json")), capture_output=True)
+    assert done.returncode == 202
+    assert b"cannot reach the datastore at 127.0.0.1:1" in done.stderr

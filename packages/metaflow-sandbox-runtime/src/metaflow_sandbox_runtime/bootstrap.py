@@ -4,26 +4,33 @@ Usage: python -I -S bootstrap.py PLAN.json
 
 Standard library only, and self-contained: this file is shipped into the sandbox on its own, before
 the code package (which carries metaflow) is available. It
-  1. makes the code package available (an extracted directory, or an archive extracted once),
-  2. runs the step with the plan's argv, environment and working directory,
-  3. decorates every output line as an mflog record (`[MFLOG|0|<utc>Z|task|<id>]line`), writes it to
+  1. checks that the endpoints the step needs (the datastore) are reachable, naming any that is not,
+  2. makes the code package available (an extracted directory, an archive, or a URL — e.g. a short-lived
+     presigned one, so no credential is needed to fetch it), extracted once,
+  3. runs the step with the plan's argv, environment and working directory,
+  4. decorates every output line as an mflog record (`[MFLOG|0|<utc>Z|task|<id>]line`), writes it to
      its own stdout/stderr at once (the launcher streams it) and appends it to the task's log files,
-  4. exits with the step's exit code (128 + N when the step was killed by signal N).
+  5. uploads files and directories the plan lists (logs, local metadata) to their (presigned) URLs,
+  6. exits with the step's exit code (128 + N when the step was killed by signal N).
 """
 
 import datetime
+import io
 import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 
 MAX_LINE = 1 << 20  # a longer line is cut into records of this size
 READ_SIZE = 1 << 16
 EXTRACTED_MARKER = ".metaflow-sandbox-extracted"
+EXIT_UNREACHABLE = 202  # an infrastructure failure: Metaflow does not retry it
 DRAIN_SECONDS = 0.5  # how long to keep reading after the step exited while its pipes stay open
 
 
@@ -41,6 +48,54 @@ def _extract_package(archive, dest):
                     raise SystemExit("unsafe path in code package: %r" % member.name)
             tar.extractall(dest)
     open(os.path.join(dest, EXTRACTED_MARKER), "w").close()
+
+
+def _check_endpoints(endpoints):
+    """Return an error message naming the first endpoint that cannot be reached, or None."""
+    for endpoint in endpoints:
+        try:
+            socket.create_connection((endpoint["host"], int(endpoint["port"])), timeout=10).close()
+        except OSError as error:
+            return (
+                "the sandbox cannot reach %s at %s:%s (%s); check the endpoint and the step's network= setting"
+                % (
+                    endpoint.get("what", "an endpoint"),
+                    endpoint["host"],
+                    endpoint["port"],
+                    error,
+                )
+            )
+    return None
+
+
+def _fetch(url, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with urllib.request.urlopen(url, timeout=300) as response, open(path, "wb") as out:
+        while True:
+            chunk = response.read(1 << 20)
+            if not chunk:
+                break
+            out.write(chunk)
+
+
+def _upload(item):
+    """PUT a file, or a directory as a .tgz, to its URL. Missing sources are skipped."""
+    path = item["path"]
+    if not os.path.exists(path):
+        return
+    if os.path.isdir(path):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(path, arcname=".")
+        body = buffer.getvalue()
+    else:
+        with open(path, "rb") as f:
+            body = f.read()
+    request = urllib.request.Request(
+        item["url"], data=body, method="PUT", headers={"Content-Type": "application/octet-stream"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        response.read()
 
 
 class _LineDecorator:
@@ -94,7 +149,17 @@ def _open_log(path):
 
 def run(plan):
     """Execute `plan` (a dict) and return the step's exit code."""
+    unreachable = _check_endpoints(plan.get("endpoints") or [])
+    if unreachable:
+        sys.stderr.write("[sandbox] %s\n" % unreachable)
+        return EXIT_UNREACHABLE
     package = plan.get("package") or {}
+    if package.get("url"):
+        package["archive"] = package.get("archive") or os.path.join(
+            package["dir"] + ".download", "package.tgz"
+        )
+        if not os.path.exists(os.path.join(package["dir"], EXTRACTED_MARKER)):
+            _fetch(package["url"], package["archive"])
     if package.get("archive"):
         _extract_package(package["archive"], package["dir"])
     workdir = plan.get("workdir") or os.getcwd()
@@ -153,7 +218,14 @@ def run(plan):
     for decorator in decorators.values():
         decorator.close()
     code = step.wait()
-    return 128 - code if code < 0 else code
+    code = 128 - code if code < 0 else code
+    for item in plan.get("uploads") or []:
+        try:
+            _upload(item)
+        except OSError as error:
+            sys.stderr.write("[sandbox] could not upload %s: %s\n" % (item["path"], error))
+            code = code or EXIT_UNREACHABLE
+    return code
 
 
 def main(argv):

@@ -26,10 +26,20 @@ class Plan:
     package_archive: str | None = None
     log_paths: dict[str, str] = field(default_factory=dict)
     log_source: str = "task"
+    #: A URL to fetch the package archive from (e.g. presigned), instead of a path in the sandbox.
+    package_url: str | None = None
+    #: Endpoints checked before anything runs: [{"host", "port", "what"}].
+    endpoints: list[dict[str, str]] = field(default_factory=list)
+    #: After the step: [{"path": file or directory (sent as .tgz), "url": where to PUT it}].
+    uploads: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        package = {"dir": data.pop("package_dir"), "archive": data.pop("package_archive")}
+        package = {
+            "dir": data.pop("package_dir"),
+            "archive": data.pop("package_archive"),
+            "url": data.pop("package_url"),
+        }
         return {"version": PLAN_VERSION, "package": package, **data}
 
     def to_json(self) -> str:
@@ -41,7 +51,12 @@ class Plan:
         if data.pop("version", None) != PLAN_VERSION:
             raise ValueError("unsupported plan version")
         package = data.pop("package")
-        return cls(package_dir=package["dir"], package_archive=package.get("archive"), **data)
+        return cls(
+            package_dir=package["dir"],
+            package_archive=package.get("archive"),
+            package_url=package.get("url"),
+            **data,
+        )
 
     def command(self, bootstrap_path: str, plan_path: str) -> list[str]:
         """The argv that runs this plan inside the sandbox (isolated mode: no site, no user env)."""

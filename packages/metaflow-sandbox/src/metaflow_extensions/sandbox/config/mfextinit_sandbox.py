@@ -9,3 +9,9 @@ SANDBOX_CACHE_DIR = from_conf("SANDBOX_CACHE_DIR")
 # "fast": the runtime spawns a light launcher that does not import metaflow or the flow (default);
 # "cli": it spawns `python flow.py sandbox step ...` like @batch does.
 SANDBOX_LAUNCHER = from_conf("SANDBOX_LAUNCHER", "fast")
+# The interpreter a sandbox runs the step with (default: the launcher's own; for bubblewrap it may be any
+# Python environment on this machine, e.g. a clean venv without metaflow).
+SANDBOX_PYTHON = from_conf("SANDBOX_PYTHON")
+# How a sandbox gets S3 datastore credentials: "sts" (short-lived, scoped to the flow's prefix; default),
+# "forward" (the launcher's own keys; warned about), "none".
+SANDBOX_S3_CREDENTIALS = from_conf("SANDBOX_S3_CREDENTIALS", "sts")

@@ -108,7 +108,13 @@ class SandboxDecorator(StepDecorator):
             )
 
     def _resolve(self, decos, flow_datastore, logger):
-        from metaflow_sandbox_core import ConfigError, SandboxSpec, backend_class, pick_default_backend
+        from metaflow_sandbox_core import (
+            ConfigError,
+            NetworkPolicy,
+            SandboxSpec,
+            backend_class,
+            pick_default_backend,
+        )
 
         from .options import parse_options
 
@@ -124,11 +130,11 @@ class SandboxDecorator(StepDecorator):
                 gpu=options.gpu,
                 disk_mb=options.disk_mb,
                 timeout=options.timeout,
-                network=options.network,
+                network=options.network or NetworkPolicy.NONE,
                 options=options.options,
             )
         )
-        if options.network not in backend.capabilities.network_policies:
+        if options.network is not None and options.network not in backend.capabilities.network_policies:
             raise ConfigError(
                 "network=%r is not supported by the %r backend (it supports %s)."
                 % (
@@ -143,15 +149,43 @@ class SandboxDecorator(StepDecorator):
                 "Run with --datastore=s3 and set METAFLOW_DATASTORE_SYSROOT_S3 (and METAFLOW_S3_ENDPOINT_URL "
                 "for an S3-compatible store)." % name
             )
-        if flow_datastore.TYPE != "local":
+        if flow_datastore.TYPE not in ("local", "s3"):
             raise ConfigError(
-                "The %s datastore is not supported by sandboxed steps in this version; use the local "
-                "datastore (--datastore=local)." % flow_datastore.TYPE
+                "The %s datastore is not supported by sandboxed steps yet; use --datastore=local or "
+                "--datastore=s3." % flow_datastore.TYPE
             )
+        if flow_datastore.TYPE != "local" and options.network is NetworkPolicy.NONE:
+            raise ConfigError(
+                "network='none' cannot reach the %s datastore the step reads and writes; use "
+                "network='datastore' (the default) or 'full'." % flow_datastore.TYPE
+            )
+        if flow_datastore.TYPE == "s3":
+            self._check_s3(flow_datastore)
         self.options = options
         self.backend_resolved = name
         # Processes the runtime spawns inherit this and skip re-validating (and re-probing backends).
         os.environ[VALIDATED_ENV] = str(os.getpid())
+
+    _checked_s3_roots: set[str] = set()
+
+    def _check_s3(self, flow_datastore):
+        """Once per run and root: the bucket exists, is reachable and lets the launcher in."""
+        root = flow_datastore.datastore_root
+        if root in SandboxDecorator._checked_s3_roots:
+            return
+        from metaflow.metaflow_config import S3_ENDPOINT_URL
+
+        from .s3_access import CREDENTIAL_MODES, S3Access
+
+        mode = _config("SANDBOX_S3_CREDENTIALS") or "sts"
+        if mode not in CREDENTIAL_MODES:
+            from metaflow_sandbox_core import ConfigError
+
+            raise ConfigError(
+                "METAFLOW_SANDBOX_S3_CREDENTIALS=%r; use one of %s." % (mode, ", ".join(CREDENTIAL_MODES))
+            )
+        S3Access(root, S3_ENDPOINT_URL).check()
+        SandboxDecorator._checked_s3_roots.add(root)
 
     def _attributes_with_resources(self, decos):
         attributes = dict(self.attributes)
@@ -246,10 +280,12 @@ class SandboxDecorator(StepDecorator):
                 step_env.update({k: str(v) for k, v in deco.attributes.get("vars", {}).items()})
         step_env.update(options.env)
         metadata_type = cli_args.top_level_options.get("metadata") or "local"
-        prefixes = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+        python = options.options.get("python") or _config("SANDBOX_PYTHON") or sys.executable
         cache_dir = _config("SANDBOX_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".cache", "metaflow-sandbox"
         )
+        s3 = self._s3_settings() if self.flow_datastore.TYPE == "s3" else {}
+        step_env.update(s3.get("env", {}))
         return TaskLaunch(
             backend=self.backend_resolved,
             spec={
@@ -259,7 +295,7 @@ class SandboxDecorator(StepDecorator):
                 "gpu": options.gpu,
                 "disk_mb": options.disk_mb,
                 "timeout": options.timeout,
-                "network": options.network.value,
+                "network": options.network.value if options.network else None,
                 "options": options.options,
             },
             flow=self.flow.name,
@@ -276,8 +312,8 @@ class SandboxDecorator(StepDecorator):
             package_blob=url,
             package_sha=sha,
             package_env=package_env,
-            python=sys.executable,
-            python_prefixes=prefixes,
+            python=python,
+            python_prefixes=_python_prefixes(python),
             flow_file=os.path.basename(sys.argv[0]),
             cache_dir=os.path.abspath(cache_dir),
             step_env=step_env,
@@ -285,7 +321,53 @@ class SandboxDecorator(StepDecorator):
             trusted_types=options.trusted_types
             if options.trusted_types == "*"
             else list(options.trusted_types),
+            metadata_root=_local_metadata_root(),
+            s3_endpoint_url=s3.get("endpoint_url"),
+            s3_region=s3.get("region"),
+            s3_env=s3.get("env", {}),
+            s3_credentials=_config("SANDBOX_S3_CREDENTIALS") or "sts",
         )
+
+    def _s3_settings(self):
+        """Non-secret S3 settings the step needs, as the launcher resolves them."""
+        from metaflow.metaflow_config import S3_ENDPOINT_URL
+
+        root = self.flow_datastore.datastore_root
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        env = {"METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_DATASTORE_SYSROOT_S3": root}
+        if S3_ENDPOINT_URL:
+            env["METAFLOW_S3_ENDPOINT_URL"] = S3_ENDPOINT_URL
+        if region:
+            env["AWS_DEFAULT_REGION"] = region
+        for name in ("METAFLOW_S3_VERIFY_CERTIFICATE", "METAFLOW_DATATOOLS_S3ROOT"):
+            if os.environ.get(name):
+                env[name] = os.environ[name]
+        env.setdefault("METAFLOW_DATATOOLS_S3ROOT", root + "/data")
+        return {"endpoint_url": S3_ENDPOINT_URL, "region": region, "env": env}
+
+
+def _python_prefixes(python) -> list[str]:
+    """Directories an interpreter needs: its environment and, for a venv, the Python it was made from."""
+    if python == sys.executable:
+        return sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    if not os.path.isabs(python):
+        return []  # resolved inside the sandbox's own image
+    env_dir = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    prefixes = {env_dir, os.path.dirname(os.path.dirname(os.path.realpath(python)))}
+    config = os.path.join(env_dir, "pyvenv.cfg")
+    if os.path.exists(config):
+        with open(config) as f:
+            for line in f:
+                key, _, value = line.partition("=")
+                if key.strip() == "home":
+                    prefixes.add(os.path.dirname(os.path.realpath(value.strip())))
+    return sorted(prefixes)
+
+
+def _local_metadata_root():
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    return LocalStorage.get_datastore_root_from_config(lambda *args, **kwargs: None, create_on_absent=True)
 
 
 def _pinned(backend, what):

@@ -24,7 +24,7 @@ class SandboxOptions:
     disk_mb: int | None = None
     timeout: float | None = None
     env: dict[str, str] = field(default_factory=dict)
-    network: NetworkPolicy = NetworkPolicy.NONE
+    network: NetworkPolicy | None = None  # None: what the datastore needs (nothing for the local one)
     options: dict[str, Any] = field(default_factory=dict)
     #: Module prefixes whose classes the step's artifacts may contain ("*" = any pickle at all).
     trusted_types: tuple[str, ...] | str = ()
@@ -104,7 +104,7 @@ def parse_options(attributes: Mapping[str, Any]) -> SandboxOptions:
         disk_mb=int(disk) if disk is not None else None,
         timeout=_positive("timeout", attributes.get("timeout"), "timeout=3600 (seconds)"),
         env=env,
-        network=NetworkPolicy.parse(network) if network else NetworkPolicy.NONE,
+        network=NetworkPolicy.parse(network) if network else None,
         options=_mapping("options", attributes.get("options")),
         trusted_types=_trusted_types(attributes.get("trusted_types")),
     )

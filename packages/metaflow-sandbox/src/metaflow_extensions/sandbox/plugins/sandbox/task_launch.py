@@ -36,6 +36,14 @@ class TaskLaunch:
     service_url: str | None = None
     service_headers: dict[str, str] = field(default_factory=dict)
     step_env: dict[str, str] = field(default_factory=dict)
+    #: Where local metadata lives on the launcher (the datastore root for the local datastore).
+    metadata_root: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    #: Non-secret S3 settings the step needs (endpoint, region, datastore root).
+    s3_env: dict[str, str] = field(default_factory=dict)
+    #: How the sandbox gets datastore credentials: "sts", "forward" or "none".
+    s3_credentials: str = "sts"
     trusted_types: list[str] | str = field(default_factory=list)
     run_time_limit: float = 5 * 24 * 3600
 

@@ -1,0 +1,272 @@
+"""How a sandboxed task reaches its datastore and how its results come back, per datastore type.
+
+`LocalChannel`: the local datastore is mounted read-only (this run and the flow's blobs only); the task
+writes into a staging tree on the launcher's disk, mounted read-write.
+`S3Channel`: the task reads the flow's prefix and writes a private staging prefix with short-lived,
+prefix-scoped credentials; logs and local metadata come back through presigned PUTs.
+Either way, the relay then accepts only what belongs to the launched task.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Callable
+from typing import IO
+
+from metaflow_sandbox_core import Backend, ConfigError, Mount, NetworkPolicy
+from metaflow_sandbox_relay import (
+    LocalStaging,
+    RelayRefusedError,
+    S3Staging,
+    StagedTask,
+    TaskScope,
+    apply_local_metadata,
+    apply_to_datastore,
+    artifact_problems,
+    collect_staged_task,
+    replay_to_service,
+)
+
+from .code_package import ensure_extracted
+from .task_launch import TaskLaunch
+
+SANDBOX_DIR = "/tmp/metaflow-sandbox"  # where the bootstrap, plan and private files go inside the sandbox
+MAX_METADATA_ARCHIVE = 64 << 20
+
+
+class Channel:
+    """What the executor needs from a datastore: mounts, environment, plan fields, and the way back."""
+
+    network = NetworkPolicy.NONE
+
+    def __init__(self, launch: TaskLaunch, backend: Backend, staging: str, say: Callable[[str], None]):
+        self.launch = launch
+        self.backend = backend
+        self.staging = staging  # a private directory on the launcher
+        self.say = say
+        self.scope = TaskScope(launch.flow, launch.run_id, launch.step, launch.task_id, launch.attempt)
+
+    @property
+    def task_path(self) -> str:
+        return "/".join((self.launch.flow, self.launch.run_id, self.launch.step, self.launch.task_id))
+
+    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+        """Plan fields for the code package, and mounts it needs."""
+        raise NotImplementedError
+
+    def mounts(self) -> list[Mount]:
+        return []
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def log_paths(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def uploads(self) -> list[dict[str, str]]:
+        return []
+
+    def endpoints(self) -> list[dict[str, str]]:
+        return []
+
+    def relay(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        pass
+
+    def _check_artifacts(self, staged: StagedTask, open_real_blob: Callable[[str], IO[bytes]]) -> None:
+        """Refuse artifacts the launcher could not unpickle without running sandboxed code."""
+        listing = f"{self.launch.attempt}.data.json"
+        data_json = next((rel for rel in staged.task_files if rel.endswith("/" + listing)), None)
+        if data_json is None or self.launch.trusted_types == "*":
+            return
+        staged_blobs = {rel.rsplit("/", 1)[-1]: rel for rel in staged.blobs}
+
+        def open_blob(sha: str) -> IO[bytes]:
+            return staged.source.open(staged_blobs[sha]) if sha in staged_blobs else open_real_blob(sha)
+
+        with staged.source.open(data_json) as f:
+            problems = artifact_problems(f.read(), open_blob, self.launch.trusted_types)
+        if problems:
+            problems.append(
+                "to accept other types, list their modules in trusted_types=[...] (see docs/security.md)"
+            )
+            raise RelayRefusedError(self.scope, problems)
+
+    def _apply_metadata(self, staged: StagedTask) -> None:
+        launch = self.launch
+        if launch.metadata_type == "service" and launch.service_url:
+            replay_to_service(staged, launch.service_url, launch.service_headers)
+        else:
+            apply_local_metadata(staged, launch.metadata_root or launch.datastore_root)
+
+
+class LocalChannel(Channel):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if not self.backend.capabilities.can_mount:
+            raise ConfigError(
+                f"The {self.backend.name!r} backend cannot see this machine's files, so it cannot use the local "
+                "datastore. Run with --datastore=s3 and set METAFLOW_DATASTORE_SYSROOT_S3."
+            )
+
+    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+        launch = self.launch
+        directory = ensure_extracted(launch.package_blob, launch.package_sha, launch.cache_dir)
+        return {"dir": directory}, [Mount(directory, directory, read_only=True)]
+
+    def mounts(self) -> list[Mount]:
+        # Only this run's directory and the flow's content-addressed blobs, read-only: other flows and
+        # other runs stay invisible; writes go to the staging tree.
+        flow_root = os.path.join(self.launch.datastore_root, self.launch.flow)
+        readable = [os.path.join(flow_root, self.launch.run_id), os.path.join(flow_root, "data")]
+        mounts = [Mount(path, path, read_only=True) for path in readable if os.path.isdir(path)]
+        return [*mounts, Mount(self.staging, self.staging, read_only=False)]
+
+    def env(self) -> dict[str, str]:
+        return {"METAFLOW_SANDBOX_STAGING": self.staging}
+
+    def log_paths(self) -> dict[str, str]:
+        task_dir = os.path.join(self.staging, self.task_path)
+        attempt = self.launch.attempt
+        return {
+            "stdout": os.path.join(task_dir, f"{attempt}.task_stdout.log"),
+            "stderr": os.path.join(task_dir, f"{attempt}.task_stderr.log"),
+        }
+
+    def relay(self) -> None:
+        staged = collect_staged_task(self.staging, self.scope)
+        flow_data = os.path.join(self.launch.datastore_root, self.launch.flow, "data")
+        self._check_artifacts(staged, lambda sha: open(os.path.join(flow_data, sha[:2], sha), "rb"))  # noqa: SIM115
+        apply_to_datastore(staged, self.launch.datastore_root)
+        self._apply_metadata(staged)
+
+
+class S3Channel(Channel):
+    network = NetworkPolicy.DATASTORE
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        from .s3_access import S3Access, S3Location
+
+        launch = self.launch
+        self.s3 = S3Access(launch.datastore_root, launch.s3_endpoint_url, launch.s3_region)
+        unique = uuid.uuid4().hex
+        self.staging_root = self.s3.root.child(".sandbox-staging", unique)
+        self.staged_datastore = self.staging_root.child("datastore")
+        self.metadata_archive = self.staging_root.child("metadata.tgz")
+        self.package_location = S3Location.parse(launch.package_blob)
+        self.lifetime = float(launch.spec.get("timeout") or launch.run_time_limit) + 3600
+
+    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+        launch = self.launch
+        if self.backend.capabilities.can_mount:
+            # Fetched once per package by the launcher, extracted and byte-compiled, then mounted.
+            archive = os.path.join(launch.cache_dir, "packages", launch.package_sha + ".tgz")
+            if not os.path.exists(archive):
+                partial = f"{archive}.{os.getpid()}.partial"
+                self.s3.download(self.package_location, partial)
+                os.replace(partial, archive)
+            directory = ensure_extracted(archive, launch.package_sha, launch.cache_dir)
+            return {"dir": directory}, [Mount(directory, directory, read_only=True)]
+        # No credential needed: a presigned URL that expires with the task.
+        url = self.s3.presigned_get(self.package_location, self.lifetime)
+        return {"dir": f"{SANDBOX_DIR}/package", "url": url}, []
+
+    def env(self) -> dict[str, str]:
+        from .s3_access import task_policy
+
+        launch = self.launch
+        policy = task_policy(self.s3.root, launch.flow, self.staging_root)
+        name = f"mfsb-{launch.task_id}-{launch.attempt}"[:32]
+        credentials = self.s3.sandbox_credentials(
+            launch.s3_credentials, policy, self.lifetime, name, self.say
+        )
+        return {
+            **launch.s3_env,
+            **credentials,
+            "METAFLOW_SANDBOX_STAGING": f"{SANDBOX_DIR}/metadata",
+            "METAFLOW_SANDBOX_DATASTORE_STAGING": self.staged_datastore.url,
+        }
+
+    def log_paths(self) -> dict[str, str]:
+        attempt = self.launch.attempt
+        return {
+            "stdout": f"{SANDBOX_DIR}/logs/{attempt}.task_stdout.log",
+            "stderr": f"{SANDBOX_DIR}/logs/{attempt}.task_stderr.log",
+        }
+
+    def uploads(self) -> list[dict[str, str]]:
+        uploads = [
+            {
+                "path": path,
+                "url": self.s3.presigned_put(
+                    self.staged_datastore.child(self.task_path, os.path.basename(path)), self.lifetime
+                ),
+            }
+            for path in self.log_paths().values()
+        ]
+        uploads.append(
+            {
+                "path": f"{SANDBOX_DIR}/metadata",
+                "url": self.s3.presigned_put(self.metadata_archive, self.lifetime),
+            }
+        )
+        return uploads
+
+    def endpoints(self) -> list[dict[str, str]]:
+        return [self.s3.endpoint()]
+
+    def relay(self) -> None:
+        source = S3Staging(self.s3.client, self.staged_datastore.url)
+        metadata_dir = tempfile.mkdtemp(prefix="metadata-", dir=self.staging)
+        self._fetch_metadata(metadata_dir)
+        staged = collect_staged_task(source, self.scope, metadata=LocalStaging(metadata_dir))
+        flow_data = self.s3.root.child(self.launch.flow, "data")
+
+        def open_real_blob(sha: str) -> IO[bytes]:
+            key = flow_data.child(sha[:2], sha)
+            return self.s3.client.get_object(Bucket=key.bucket, Key=key.key)["Body"]
+
+        self._check_artifacts(staged, open_real_blob)
+        apply_to_datastore(staged, self.s3.root.url)
+        self._apply_metadata(staged)
+
+    def _fetch_metadata(self, directory: str) -> None:
+        """The task's local metadata, shipped as an archive through the datastore; bounded and extracted safely."""
+        from botocore.exceptions import ClientError
+
+        location = self.metadata_archive
+        try:
+            head = self.s3.client.head_object(Bucket=location.bucket, Key=location.key)
+        except ClientError:
+            return  # the task never got to write any
+        if int(head["ContentLength"]) > MAX_METADATA_ARCHIVE:
+            raise RelayRefusedError(self.scope, [f"the metadata archive is {head['ContentLength']} bytes"])
+        archive = os.path.join(directory, "..", os.path.basename(directory) + ".tgz")
+        self.s3.download(location, archive)
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(directory, filter="data")
+        except (tarfile.TarError, OSError) as error:
+            raise RelayRefusedError(self.scope, [f"the metadata archive cannot be read safely: {error}"])
+
+    def cleanup(self) -> None:
+        try:
+            S3Staging(self.s3.client, self.staging_root.url).delete_all()
+        except Exception as error:  # the task's result is already decided; leave a note
+            self.say(f"Could not remove the staging prefix {self.staging_root.url}: {error}")
+
+
+def channel_for(launch: TaskLaunch, backend: Backend, staging: str, say: Callable[[str], None]) -> Channel:
+    if launch.datastore_type == "local":
+        return LocalChannel(launch, backend, staging, say)
+    if launch.datastore_type == "s3":
+        return S3Channel(launch, backend, staging, say)
+    raise ConfigError(
+        f"The {launch.datastore_type} datastore is not supported by sandboxed steps yet; use local or s3."
+    )
