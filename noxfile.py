@@ -30,7 +30,12 @@ NEEDS = {
 }
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
 # The integration matrix: backend x datastore x metadata. Later backends and datastores add rows.
-MATRIX = [("bubblewrap", "local", "local"), ("bubblewrap", "local", "service")]
+MATRIX = [
+    ("bubblewrap", "local", "local"),
+    ("bubblewrap", "local", "service"),
+    ("bubblewrap", "s3", "local"),
+    ("bubblewrap", "s3", "service"),
+]
 
 
 def install(session: nox.Session, *names: str, extras: tuple[str, ...] = ()) -> None:

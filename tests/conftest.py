@@ -16,6 +16,7 @@ import pytest
 
 FLOWS = Path(__file__).parent / "flows"
 METADATA_MODES = tuple(os.environ.get("MFS_TEST_METADATA", "local,service").split(","))
+DATASTORES = tuple(os.environ.get("MFS_TEST_DATASTORE", "local").split(","))
 
 
 @dataclass
@@ -25,11 +26,14 @@ class Project:
     root: Path
     metadata: str
     env: dict[str, str] = field(default_factory=dict)
+    datastore: str = "local"
+    s3: object | None = None  # the S3Server, for the s3 datastore
 
     @property
     def sandbox_marker(self) -> str:
-        """Appears in the argv of every bwrap and the environment of every process in a sandbox."""
-        return os.path.join(self.env["METAFLOW_SANDBOX_CACHE_DIR"], "staging")
+        """Appears in the argv of every bwrap process (each sandbox's private directories live there), and
+        nowhere else: processes inside a sandbox die with its bwrap (PID namespace)."""
+        return os.path.join(self.env["METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR"], "bwrap-")
 
     def flow(self, name: str) -> Path:
         target = self.root / name
@@ -43,7 +47,7 @@ class Project:
             "--metadata",
             self.metadata,
             "--datastore",
-            "local",
+            self.datastore,
             *args,
         ]
 
@@ -97,21 +101,61 @@ def _base_env(tmp: Path) -> dict[str, str]:
         HOME=str(home),
         METAFLOW_USER="tester",
         METAFLOW_SANDBOX_CACHE_DIR=str(tmp / "cache"),
+        METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR=str(tmp / "bwrap-state"),
         METAFLOW_SANDBOX_BACKEND=os.environ.get("MFS_TEST_BACKEND", "bubblewrap"),
         PYTHONPATH=os.environ.get("PYTHONPATH", ""),
     )
     return env
 
 
-@pytest.fixture(params=METADATA_MODES)
+@pytest.fixture(scope="session")
+def s3_server():
+    """One real S3-compatible server process (moto's) for the session, on 127.0.0.1."""
+    from metaflow_sandbox_testing.s3_server import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def clean_python(tmp_path_factory) -> str:
+    """A Python environment holding only what a stock image plus boto3 (and requests, which metaflow imports)
+    would: no metaflow. Metaflow itself must come from the code package."""
+    uv = shutil.which("uv", path=os.path.dirname(sys.executable)) or shutil.which("uv")
+    assert uv, "uv is a test dependency (installed by the nox session)"
+    venv = tmp_path_factory.mktemp("clean-python") / "venv"
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=300)
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "boto3", "requests"],
+        check=True,
+        timeout=600,
+    )
+    python = str(venv / "bin" / "python")
+    probe = subprocess.run([python, "-c", "import metaflow"], capture_output=True)
+    assert probe.returncode != 0, "the clean environment must not have metaflow"
+    return python
+
+
+@pytest.fixture(params=[(d, m) for d in DATASTORES for m in METADATA_MODES], ids=lambda p: f"{p[0]}-{p[1]}")
 def project(request, tmp_path) -> Project:
-    """A project for each metadata mode: local files, or a real metaflow-local-service."""
+    """A project for each datastore x metadata mode: local files or S3 (a real S3 server), local metadata
+    or a real metaflow-local-service."""
+    datastore, metadata = request.param
     env = _base_env(tmp_path)
     root = tmp_path / "project"
     root.mkdir()
     (root / ".metaflow").mkdir()
-    proj = Project(root=root, metadata=request.param, env=env)
-    if request.param == "service":
+    proj = Project(root=root, metadata=metadata, env=env, datastore=datastore)
+    if datastore == "s3":
+        server = request.getfixturevalue("s3_server")
+        bucket = "flows-" + os.urandom(4).hex()
+        server.create_bucket(bucket, versioned=True)
+        proj.s3 = server
+        proj.env.update(
+            server.metaflow_env(bucket), METAFLOW_SANDBOX_PYTHON=request.getfixturevalue("clean_python")
+        )
+        proj.env["MFS_TEST_BUCKET"] = bucket
+    if metadata == "service":
         service = shutil.which(
             "metaflow-local-service", path=os.path.dirname(sys.executable)
         ) or shutil.which("metaflow-local-service")
@@ -135,7 +179,7 @@ def project(request, tmp_path) -> Project:
 
 
 def sandbox_processes(marker: str) -> list[int]:
-    """PIDs of live (non-zombie) processes whose command line or environment mentions `marker`."""
+    """PIDs of live (non-zombie) processes whose command line mentions `marker`."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -146,10 +190,8 @@ def sandbox_processes(marker: str) -> list[int]:
                     continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read()
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
         except OSError:
             continue
-        if marker.encode() in cmdline or marker.encode() in environ:
+        if marker.encode() in cmdline:
             found.append(int(pid))
     return found

@@ -36,7 +36,8 @@ def test_untrusted_step_reaches_nothing_it_was_not_given(project: Project):
     )
     assert data["secret"] == "FileNotFoundError"  # the project directory is not mounted
     assert data["other"] == "FileNotFoundError"  # other flows in the datastore are invisible
-    assert data["write"] in ("OSError", "PermissionError")  # the real datastore is read-only (EROFS)
+    if project.datastore == "local":
+        assert data["write"] in ("OSError", "PermissionError")  # the real datastore is read-only (EROFS)
     assert data["home"] == "FileNotFoundError"  # the launcher user's home (and its keys) is invisible
     assert not any(p.name == "planted" for p in (project.root / ".metaflow").rglob("planted"))
 

@@ -39,9 +39,13 @@ class EscapeFlow(FlowSpec):
         root = self._datastore._storage_impl.datastore_root  # the real local datastore root
         self.read_secret = attempt(lambda: read(self.secret_path))
         self.list_other_flows = attempt(lambda: os.listdir(os.path.join(root, "OtherFlow")))
-        self.write_datastore = attempt(
-            lambda: touch(os.path.join(root, current.flow_name, current.run_id, "planted"))
-        )
+        if root.startswith("s3://"):
+            # The S3 write boundary is the store's enforcement of the session policy (see docs/security.md).
+            self.write_datastore = "n/a"
+        else:
+            self.write_datastore = attempt(
+                lambda: touch(os.path.join(root, current.flow_name, current.run_id, "planted"))
+            )
         self.read_home_secret = attempt(lambda: read(self.home_secret_path))
         if self.forge:
             staging = os.environ["METAFLOW_SANDBOX_STAGING"]

@@ -101,3 +101,24 @@ def test_trusted_types_parsing():
     assert parse_options({"trusted_types": "numpy, pandas"}).trusted_types == ("numpy", "pandas")
     assert parse_options({"trusted_types": "*"}).trusted_types == "*"
     assert parse_options({}).trusted_types == ()
+
+
+def test_session_policy_reads_the_flow_and_writes_only_the_staging_prefix():
+    from metaflow_extensions.sandbox.plugins.sandbox.s3_access import S3Location, task_policy
+
+    root = S3Location.parse("s3://bucket/metaflow")
+    staging = root.child(".sandbox-staging", "abc")
+    policy = task_policy(root, "MyFlow", staging)
+    statements = {tuple(s["Action"]): s for s in policy["Statement"]}
+    assert statements[("s3:GetObject",)]["Resource"] == [
+        "arn:aws:s3:::bucket/metaflow/MyFlow/*",
+        "arn:aws:s3:::bucket/metaflow/.sandbox-staging/abc/*",
+    ]
+    assert statements[("s3:PutObject",)]["Resource"] == [
+        "arn:aws:s3:::bucket/metaflow/.sandbox-staging/abc/*"
+    ]
+    assert statements[("s3:ListBucket",)]["Condition"]["StringLike"]["s3:prefix"] == [
+        "metaflow/MyFlow/*",
+        "metaflow/.sandbox-staging/abc/*",
+    ]
+    assert not any("Delete" in a for s in policy["Statement"] for a in s["Action"])

@@ -1,0 +1,99 @@
+"""The S3 datastore through a sandbox, against a real S3 server: credentials, code package, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Project
+
+pytestmark = pytest.mark.integration
+
+PROVIDER_CANARIES = {
+    "DAYTONA_API_KEY": "canary-daytona-0c1d",
+    "E2B_API_KEY": "canary-e2b-77aa",
+    "BOXLITE_API_KEY": "canary-boxlite-51f0",
+    "MY_TEAM_TOKEN": "canary-custom-9e2b",
+}
+
+
+@pytest.fixture
+def s3_project(project: Project) -> Project:
+    if project.datastore != "s3":
+        pytest.fail("run this module with MFS_TEST_DATASTORE=s3 (nox -s integration does)")
+    return project
+
+
+def _canary_run(project: Project, **env: str) -> tuple[dict, str]:
+    from metaflow_sandbox_testing.s3_server import SECRET_KEY
+
+    canaries = [*PROVIDER_CANARIES.values(), SECRET_KEY]
+    result = project.run(
+        "canary_flow.py", "run", "--canaries", ",".join(canaries), **PROVIDER_CANARIES, **env
+    )
+    data = project.query(
+        "t = Flow('CanaryFlow').latest_run['untrusted'].task.data\n"
+        "result = dict(found=t.found, token=t.has_session_token, region=t.region, endpoint=t.endpoint, names=t.env_names)"
+    )
+    return data, result.stdout + result.stderr
+
+
+def test_no_secret_reaches_the_sandbox_and_it_gets_short_lived_credentials(s3_project: Project):
+    data, _ = _canary_run(s3_project)
+    assert data["found"] == [], f"secrets reached the sandbox: {data['found']}"
+    assert data["token"] is True, f"the sandbox should hold STS session credentials: {data['names']}"
+    assert data["region"] == s3_project.env["AWS_DEFAULT_REGION"]
+    assert data["endpoint"] == s3_project.env["METAFLOW_S3_ENDPOINT_URL"]
+
+
+def test_forwarding_keys_is_an_explicit_warned_choice(s3_project: Project):
+    from metaflow_sandbox_testing.s3_server import SECRET_KEY
+
+    data, output = _canary_run(s3_project, METAFLOW_SANDBOX_S3_CREDENTIALS="forward")
+    assert any(SECRET_KEY[:12] in found for found in data["found"])  # the choice did what it says
+    assert not any(c[:12] in f for c in PROVIDER_CANARIES.values() for f in data["found"])
+    assert "Forwarding the launcher's own AWS keys into the sandbox" in output
+
+
+def test_code_package_is_uploaded_once_for_twenty_tasks(s3_project: Project):
+    s3_project.run("foreach_flow.py", "run", "--max-workers", "4")
+    client = s3_project.s3.client()  # type: ignore[attr-defined]
+    bucket = s3_project.env["MFS_TEST_BUCKET"]
+    versions = client.list_object_versions(Bucket=bucket, Prefix="metaflow/ForeachFlow/data/")["Versions"]
+    package = max(versions, key=lambda v: v["Size"])  # the code package is by far the largest blob
+    puts = [v for v in versions if v["Key"] == package["Key"]]
+    assert package["Size"] > 100_000
+    assert len(puts) == 1, f"the code package was uploaded {len(puts)} times"
+    leftovers = client.list_objects_v2(Bucket=bucket, Prefix="metaflow/.sandbox-staging/").get("KeyCount", 0)
+    assert leftovers == 0, "staging prefixes must be removed after each task"
+
+
+def test_sts_unavailable_is_a_clear_choice_not_a_silent_fallback(s3_project: Project):
+    result = s3_project.run(
+        "retry_flow.py", "run", check=False, METAFLOW_SANDBOX_STS_ENDPOINT_URL="http://127.0.0.1:9"
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Could not get short-lived, prefix-scoped credentials from STS at http://127.0.0.1:9" in output
+    assert "METAFLOW_SANDBOX_S3_CREDENTIALS=forward" in output
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            {"METAFLOW_DATASTORE_SYSROOT_S3": "s3://no-such-bucket-mfs/metaflow"},
+            "The bucket 'no-such-bucket-mfs' does not exist",
+        ),
+        (
+            {"METAFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9"},
+            "Cannot reach the S3 endpoint http://127.0.0.1:9",
+        ),
+        ({"METAFLOW_SANDBOX_S3_CREDENTIALS": "sometimes"}, "METAFLOW_SANDBOX_S3_CREDENTIALS='sometimes'"),
+    ],
+)
+def test_datastore_problems_stop_the_run_before_any_sandbox(s3_project: Project, setting, message):
+    result = s3_project.run("retry_flow.py", "run", check=False, timeout=180, **setting)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output
+    assert "Task is starting" not in output
