@@ -74,10 +74,18 @@ def unit(session: nox.Session, package: str) -> None:
 @nox.session(python=PYTHON, tags=["ci"])
 @nox.parametrize("backend,datastore,metadata", MATRIX, ids=[f"{b}-{d}-{m}" for b, d, m in MATRIX])
 def integration(session: nox.Session, backend: str, datastore: str, metadata: str) -> None:
-    install(session, *PACKAGES, extras=("metaflow-local-service>=0.2", "pip", "hatchling", "uv"))
+    tools = ("metaflow-local-service>=0.2", "pip", "hatchling", "uv", "moto[server]>=5", "boto3")
+    install(session, *PACKAGES, extras=tools)
+    # Flow behaviours run in every row; S3-only tests in the s3 rows; tests that depend on neither the
+    # datastore nor the metadata (bad input, packaging) once, in the first row.
+    selection = ["tests/test_flows.py", "tests/test_security_and_tools.py"]
+    if datastore == "s3":
+        selection.append("tests/test_s3_datastore.py")
+    if (backend, datastore, metadata) == MATRIX[0]:
+        selection += ["tests/test_bad_input.py", "tests/test_packaging.py"]
     session.run(
         "pytest",
-        "tests",
+        *selection,
         "-p",
         "no:cacheprovider",
         *session.posargs,
