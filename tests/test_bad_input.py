@@ -15,7 +15,7 @@ from .conftest import _base_env
 pytestmark = pytest.mark.integration
 
 FLOW = """
-from metaflow import FlowSpec, step, sandbox, bubblewrap, daytona, batch, parallel, resources
+from metaflow import FlowSpec, step, sandbox, bubblewrap, daytona, batch, parallel, resources, environment
 class BadFlow(FlowSpec):
     @step
     def start(self):
@@ -145,4 +145,18 @@ def test_backend_refuses_what_it_cannot_honour_before_the_run(tmp_path, decorato
     assert result.returncode != 0
     assert message in output, output
     assert "Task is starting" not in output
+    assert not (cache / "staging").exists()
+
+
+def test_provider_keys_and_denied_names_never_enter_a_sandbox(tmp_path):
+    result, cache = run_bad(tmp_path, "@sandbox(env={'DAYTONA_API_KEY': 'x'})")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "passes DAYTONA_API_KEY into the sandbox" in output, output
+    result, cache = run_bad(
+        tmp_path,
+        "@environment(vars={'MY_TEAM_TOKEN': 'x'})\n@sandbox",
+        {"METAFLOW_SANDBOX_ENV_DENYLIST": "MY_*"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "@environment passes MY_TEAM_TOKEN into the sandbox" in output, output
     assert not (cache / "staging").exists()

@@ -161,6 +161,13 @@ class SandboxDecorator(StepDecorator):
             )
         if flow_datastore.TYPE == "s3":
             self._check_s3(flow_datastore)
+        from .env_denylist import denylist, refuse_denied
+
+        patterns = denylist()
+        refuse_denied(options.env, "env=", patterns)
+        for deco in decos:
+            if deco.name == "environment":
+                refuse_denied(deco.attributes.get("vars") or {}, "@environment", patterns)
         self.options = options
         self.backend_resolved = name
         # Processes the runtime spawns inherit this and skip re-validating (and re-probing backends).
@@ -326,6 +333,7 @@ class SandboxDecorator(StepDecorator):
             s3_region=s3.get("region"),
             s3_env=s3.get("env", {}),
             s3_credentials=_config("SANDBOX_S3_CREDENTIALS") or "sts",
+            env_denylist=os.environ.get("METAFLOW_SANDBOX_ENV_DENYLIST", ""),
         )
 
     def _s3_settings(self):

@@ -28,6 +28,7 @@ from metaflow_sandbox_relay import RelayRefusedError, ServiceReplayError
 from metaflow_sandbox_runtime import Plan, bootstrap_source
 
 from .datastore_channels import SANDBOX_DIR, Channel, channel_for
+from .env_denylist import denied_names, denylist
 from .step_command import StepCommand
 from .task_launch import TaskLaunch
 
@@ -104,6 +105,11 @@ class TaskExecutor:
         package_dir = str(package["dir"])
         env = {k: v.replace("{package_dir}", package_dir) for k, v in launch.package_env.items()}
         env.update(launch.step_env)
+        # Defense in depth: whatever the step's settings say, denied names never enter (the channel's own
+        # credentials, added below, are the only exception).
+        for name in denied_names(env, denylist(launch.env_denylist)):
+            self.say(f"Not passing {name} into the sandbox (it is on the deny list).")
+            del env[name]
         env.update(channel.env())
         plan = Plan(
             python=launch.python,

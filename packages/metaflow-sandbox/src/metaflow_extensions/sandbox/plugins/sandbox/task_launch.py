@@ -44,6 +44,8 @@ class TaskLaunch:
     s3_env: dict[str, str] = field(default_factory=dict)
     #: How the sandbox gets datastore credentials: "sts", "forward" or "none".
     s3_credentials: str = "sts"
+    #: Extra deny-list patterns (METAFLOW_SANDBOX_ENV_DENYLIST) as the runtime saw them.
+    env_denylist: str = ""
     trusted_types: list[str] | str = field(default_factory=list)
     run_time_limit: float = 5 * 24 * 3600
 
