@@ -41,10 +41,17 @@ def workspace() -> tuple[Path, dict[str, str]]:
     return root, env
 
 
-def run_flow(root: Path, env: dict[str, str], flow: str, *args: str, **extra: str) -> float:
+def run_flow(
+    root: Path,
+    env: dict[str, str],
+    flow: str,
+    *args: str,
+    datastore_flags: tuple[str, ...] = (),
+    **extra: str,
+) -> float:
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, flow, "--metadata", "local", "run", *args],
+        [sys.executable, flow, "--metadata", "local", *datastore_flags, "run", *args],
         cwd=root / "project",
         env={**env, **extra},
         check=True,
@@ -70,6 +77,65 @@ def p1_overhead(root: Path, env: dict[str, str], repeat: int) -> dict:
         "runs_plain": [round(x, 2) for x in plain],
         "runs_sandboxed": [round(x, 2) for x in boxed],
     }
+
+
+def p1_s3_overhead(root: Path, env: dict[str, str], repeat: int, clean_python: str) -> dict:
+    """P1 on the S3 datastore (a real S3 server, moto's) with a clean sandbox Python; P6 from the same runs."""
+    from metaflow_sandbox_testing.s3_server import S3Server
+
+    args = ("--max-workers", "1", "--width", str(WIDTH))
+    with S3Server() as server:
+        server.create_bucket("bench", versioned=True)
+        s3_env = {**env, **server.metaflow_env("bench"), "METAFLOW_SANDBOX_PYTHON": clean_python}
+        flags = ("--datastore", "s3")
+        run_flow(root, s3_env, "fanout_flow.py", *args, BENCH_SANDBOX="1", datastore_flags=flags)
+        plain, boxed = [], []
+        for _ in range(repeat):
+            plain.append(
+                run_flow(root, s3_env, "fanout_flow.py", *args, BENCH_SANDBOX="0", datastore_flags=flags)
+            )
+            boxed.append(
+                run_flow(root, s3_env, "fanout_flow.py", *args, BENCH_SANDBOX="1", datastore_flags=flags)
+            )
+        versions = server.client().list_object_versions(Bucket="bench", Prefix="metaflow/FanoutFlow/data/")[
+            "Versions"
+        ]
+        package = max(versions, key=lambda v: v["Size"])
+        puts = sum(1 for v in versions if v["Key"] == package["Key"])
+    p, b = statistics.median(plain), statistics.median(boxed)
+    return {
+        "plain_wall_s": round(p, 2),
+        "sandboxed_wall_s": round(b, 2),
+        "tasks": WIDTH,
+        "overhead_per_task_s": round((b - p) / WIDTH, 3),
+        "target_s": 0.8,
+        "code_package_puts": puts,
+        "runs": 1 + 2 * repeat,
+        "runs_plain": [round(x, 2) for x in plain],
+        "runs_sandboxed": [round(x, 2) for x in boxed],
+    }
+
+
+def clean_python_env(root: Path) -> str:
+    """A venv with only boto3 and requests (no metaflow), like a stock image: what S3 sandboxes run."""
+    uv = shutil.which("uv", path=os.path.dirname(sys.executable)) or shutil.which("uv") or "uv"
+    venv = root / "clean-venv"
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--compile-bytecode",
+            "--python",
+            str(venv / "bin" / "python"),
+            "boto3",
+            "requests",
+        ],
+        check=True,
+    )
+    return str(venv / "bin" / "python")
 
 
 def p3_latency(root: Path, env: dict[str, str]) -> dict:
@@ -159,7 +225,7 @@ def p4_memory(root: Path, env: dict[str, str]) -> dict:
 
 
 def write_markdown(results: dict, path: Path) -> None:
-    p1, p3, p4 = results["P1"], results["P3"], results["P4"]
+    p1, p3, p4, s3 = results["P1"], results["P3"], results["P4"], results["P1_S3"]
     text = f"""# Benchmarks
 
 Reproduce: `./dev bench` (or `nox -s bench`). Machine: {results["machine"]}. Measured {results["date"]}.
@@ -168,6 +234,8 @@ Every figure is a difference or ratio against a baseline measured in the same ru
 | id | what | result | target |
 | --- | --- | --- | --- |
 | P1 | per-task overhead, foreach of {p1["tasks"]} with `--max-workers 1`, bubblewrap + local datastore: (sandboxed wall - plain wall) / {p1["tasks"]} | **{p1["overhead_per_task_s"]} s** (plain {p1["plain_wall_s"]} s, sandboxed {p1["sandboxed_wall_s"]} s, medians of {len(p1["runs_plain"])}) | ≤ {p1["target_s"]} s |
+| P1 (S3) | the same on the S3 datastore (moto's S3 server on loopback), sandbox Python without metaflow, STS credentials: (sandboxed wall - plain wall on the same server) / {s3["tasks"]} | **{s3["overhead_per_task_s"]} s** (plain {s3["plain_wall_s"]} s, sandboxed {s3["sandboxed_wall_s"]} s) | ≤ {s3["target_s"]} s |
+| P6 | code package uploads for {s3["runs"]} runs of that foreach of {s3["tasks"]} (object versions of its key in a versioned bucket; one run's package is content-addressed, so reruns of the same code reuse it) | **{s3["code_package_puts"]}** | 1 per run |
 | P3 | log latency: printed in the sandbox → line on the launcher's terminal | **median {p3["median_s"]} s, max {p3["max_s"]} s** over {p3["lines"]} lines | ≤ {p3["target_s"]} s |
 | P4 | launcher peak RSS growth while the step prints 200 MB | **{p4["growth_mb"]} MB** ({p4["launcher_peak_rss_quiet_mb"]} MB quiet → {p4["launcher_peak_rss_200mb_mb"]} MB) | ≤ {p4["target_growth_mb"]} MB |
 
@@ -190,6 +258,7 @@ def main() -> None:
             "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "date": time.strftime("%Y-%m-%d"),
             "P1": p1_overhead(root, env, args.repeat),
+            "P1_S3": p1_s3_overhead(root, env, args.repeat, clean_python_env(root)),
             "P3": p3_latency(root, env),
             "P4": p4_memory(root, env),
         }

@@ -126,7 +126,17 @@ def clean_python(tmp_path_factory) -> str:
     venv = tmp_path_factory.mktemp("clean-python") / "venv"
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=300)
     subprocess.run(
-        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "boto3", "requests"],
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--compile-bytecode",
+            "--python",
+            str(venv / "bin" / "python"),
+            "boto3",
+            "requests",
+        ],
         check=True,
         timeout=600,
     )

@@ -123,8 +123,10 @@ def artifact_problems(
     data_json: bytes,
     open_blob: Callable[[str], IO[bytes]],
     trusted: Iterable[str] | str | None = None,
+    only: set[str] | None = None,
 ) -> list[str]:
-    """Check every artifact a task's `<attempt>.data.json` lists; `open_blob(sha)` reads one blob."""
+    """Check the artifacts a task's `<attempt>.data.json` lists (those whose blob is in `only`, if given);
+    `open_blob(sha)` reads one blob."""
     allowed = trust_rule(trusted)
     try:
         listing = json.loads(data_json)
@@ -134,6 +136,8 @@ def artifact_problems(
         return ["its data.json is not a Metaflow artifact listing"]
     problems = []
     for name, sha in sorted(objects.items()):
+        if only is not None and sha not in only:
+            continue
         encoding = str(info.get(name, {}).get("encoding", "pickle"))
         if "pickle" not in encoding:
             problems.append(f"artifact {name!r} has unknown encoding {encoding!r}")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Iterator
 from typing import IO, Any
+
+SMALL = 1 << 20  # S3 bodies up to this size are kept after the first read
 
 
 class LocalStaging:
@@ -50,6 +53,7 @@ class S3Staging:
         self.bucket, _, prefix = url[len("s3://") :].partition("/")
         self.prefix = prefix.rstrip("/") + "/"
         self.problems: list[str] = []
+        self._small: dict[str, bytes] = {}  # bodies read once (blob check, then artifact check)
 
     def files(self) -> Iterator[tuple[str, int]]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -58,7 +62,14 @@ class S3Staging:
                 yield item["Key"][len(self.prefix) :], int(item["Size"])
 
     def open(self, rel: str) -> IO[bytes]:
-        return self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"]
+        cached = self._small.get(rel)
+        if cached is not None:
+            return io.BytesIO(cached)
+        response = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))
+        if int(response.get("ContentLength", SMALL + 1)) <= SMALL:
+            self._small[rel] = body = response["Body"].read()
+            return io.BytesIO(body)
+        return response["Body"]
 
     def key(self, rel: str) -> str:
         return self.prefix + rel

@@ -14,7 +14,6 @@ import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable
-from typing import IO
 
 from metaflow_sandbox_core import Backend, ConfigError, Mount, NetworkPolicy
 from metaflow_sandbox_relay import (
@@ -78,19 +77,24 @@ class Channel:
     def cleanup(self) -> None:
         pass
 
-    def _check_artifacts(self, staged: StagedTask, open_real_blob: Callable[[str], IO[bytes]]) -> None:
-        """Refuse artifacts the launcher could not unpickle without running sandboxed code."""
+    def _check_artifacts(self, staged: StagedTask) -> None:
+        """Refuse artifacts the launcher could not unpickle without running sandboxed code.
+
+        Every blob a sandbox adds is checked here, under its step's policy, before it enters the datastore;
+        blobs the task reuses are already there and were checked (or written by trusted code) when they came.
+        """
         listing = f"{self.launch.attempt}.data.json"
         data_json = next((rel for rel in staged.task_files if rel.endswith("/" + listing)), None)
         if data_json is None or self.launch.trusted_types == "*":
             return
         staged_blobs = {rel.rsplit("/", 1)[-1]: rel for rel in staged.blobs}
-
-        def open_blob(sha: str) -> IO[bytes]:
-            return staged.source.open(staged_blobs[sha]) if sha in staged_blobs else open_real_blob(sha)
-
         with staged.source.open(data_json) as f:
-            problems = artifact_problems(f.read(), open_blob, self.launch.trusted_types)
+            problems = artifact_problems(
+                f.read(),
+                lambda sha: staged.source.open(staged_blobs[sha]),
+                self.launch.trusted_types,
+                only=set(staged_blobs),
+            )
         if problems:
             problems.append(
                 "to accept other types, list their modules in trusted_types=[...] (see docs/security.md)"
@@ -140,8 +144,7 @@ class LocalChannel(Channel):
 
     def relay(self) -> None:
         staged = collect_staged_task(self.staging, self.scope)
-        flow_data = os.path.join(self.launch.datastore_root, self.launch.flow, "data")
-        self._check_artifacts(staged, lambda sha: open(os.path.join(flow_data, sha[:2], sha), "rb"))  # noqa: SIM115
+        self._check_artifacts(staged)
         apply_to_datastore(staged, self.launch.datastore_root)
         self._apply_metadata(staged)
 
@@ -226,13 +229,7 @@ class S3Channel(Channel):
         metadata_dir = tempfile.mkdtemp(prefix="metadata-", dir=self.staging)
         self._fetch_metadata(metadata_dir)
         staged = collect_staged_task(source, self.scope, metadata=LocalStaging(metadata_dir))
-        flow_data = self.s3.root.child(self.launch.flow, "data")
-
-        def open_real_blob(sha: str) -> IO[bytes]:
-            key = flow_data.child(sha[:2], sha)
-            return self.s3.client.get_object(Bucket=key.bucket, Key=key.key)["Body"]
-
-        self._check_artifacts(staged, open_real_blob)
+        self._check_artifacts(staged)
         apply_to_datastore(staged, self.s3.root.url)
         self._apply_metadata(staged)
 

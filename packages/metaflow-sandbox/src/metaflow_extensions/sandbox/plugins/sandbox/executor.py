@@ -65,6 +65,13 @@ class TaskExecutor:
         self.command = command
         self.say = say
         self.staging = os.path.join(launch.cache_dir, "staging", uuid.uuid4().hex)
+        self._timings: list[tuple[str, float]] = []
+        self._last = time.monotonic()
+
+    def _mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self._timings.append((phase, now - self._last))
+        self._last = now
 
     def run(self) -> int:
         previous = {
@@ -77,14 +84,17 @@ class TaskExecutor:
                 os.makedirs(self.staging, mode=0o700)
                 channel = channel_for(self.launch, backend, self.staging, self.say)
                 plan, spec = self._prepare(backend, channel)
+                self._mark("prepare")
             except SandboxError as error:
                 self.say(f"{error}")
                 return EXIT_INFRASTRUCTURE
             code = self._run_in_sandbox(backend, spec, plan)
+            self._mark("sandbox")
             if code == EXIT_INFRASTRUCTURE:
                 return code
             try:
                 channel.relay()
+                self._mark("relay")
             except (RelayRefusedError, ServiceReplayError) as error:
                 self.say(f"Task failed: {error}")
                 return EXIT_INFRASTRUCTURE
@@ -98,6 +108,9 @@ class TaskExecutor:
             if channel is not None:
                 channel.cleanup()
             shutil.rmtree(self.staging, ignore_errors=True)
+            self._mark("cleanup")
+            if os.environ.get("METAFLOW_SANDBOX_TIMINGS"):
+                self.say("timings: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in self._timings))
 
     def _prepare(self, backend: Backend, channel: Channel) -> tuple[Plan, SandboxSpec]:
         launch = self.launch
