@@ -97,3 +97,11 @@ def test_datastore_problems_stop_the_run_before_any_sandbox(s3_project: Project,
     assert result.returncode != 0
     assert message in output, output
     assert "Task is starting" not in output
+
+
+def test_r2_style_settings_reach_the_sandbox(s3_project: Project):
+    """An R2-style configuration: a custom endpoint and AWS_DEFAULT_REGION=auto reach the step as they are."""
+    # R2 has no STS: the explicit choice there is to forward the configured keys.
+    data, _ = _canary_run(s3_project, AWS_DEFAULT_REGION="auto", METAFLOW_SANDBOX_S3_CREDENTIALS="forward")
+    assert data["region"] == "auto"
+    assert data["endpoint"] == s3_project.env["METAFLOW_S3_ENDPOINT_URL"]

@@ -5,7 +5,7 @@
         env = s3.metaflow_env("flows")      # METAFLOW_DATASTORE_SYSROOT_S3, METAFLOW_S3_ENDPOINT_URL, AWS_*
 
 The server speaks the S3 (and STS) wire protocol over HTTP; nothing is mocked in-process. It stops when
-the context exits (or with its parent: it is started in its own process group and killed by PID).
+the context exits, and on Linux also when the process that started it dies (parent-death signal).
 """
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ from typing import Any
 #: Credentials the server accepts (any work); tests use them as the launcher's long-lived keys.
 ACCESS_KEY = "AKIAMFSANDBOXTEST"
 SECRET_KEY = "mfs-launcher-long-lived-secret"
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the process that started the server dies."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -48,6 +56,7 @@ class S3Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
