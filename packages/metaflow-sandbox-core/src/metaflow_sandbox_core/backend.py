@@ -52,12 +52,18 @@ class SandboxInfo:
 class Sandbox(abc.ABC):
     """One live sandbox. `destroy` is idempotent; using it as a context manager always destroys.
 
-    Paths: `upload`/`download` must support absolute paths under `/tmp` (every backend), where the
-    extension puts the bootstrap and its plan. `download` of a missing file raises `FileNotFoundError`.
+    Paths: `upload`/`download` must support absolute paths under `workdir`, where the extension puts the
+    bootstrap and its plan. `download` of a missing file raises `FileNotFoundError`.
     After `destroy`, `run` raises `SandboxError`; a command killed by `destroy` returns 137.
     """
 
     id: str
+
+    @property
+    def workdir(self) -> str:
+        """A private, writable directory inside the sandbox (absolute). The extension keeps its bootstrap,
+        plan, package and logs below it. Backends whose sandboxes have their own home say so here."""
+        return "/tmp"
 
     @abc.abstractmethod
     def upload(self, data: bytes, sandbox_path: str) -> None:

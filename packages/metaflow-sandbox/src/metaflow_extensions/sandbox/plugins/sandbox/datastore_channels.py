@@ -32,7 +32,7 @@ from metaflow_sandbox_relay import (
 from .code_package import ensure_extracted
 from .task_launch import TaskLaunch
 
-SANDBOX_DIR = "/tmp/metaflow-sandbox"  # where the bootstrap, plan and private files go inside the sandbox
+SANDBOX_SUBDIR = "metaflow-sandbox"  # below the sandbox's workdir: bootstrap, plan, package, logs, metadata
 MAX_METADATA_ARCHIVE = 64 << 20
 
 
@@ -40,6 +40,8 @@ class Channel:
     """What the executor needs from a datastore: mounts, environment, plan fields, and the way back."""
 
     network = NetworkPolicy.NONE
+    #: Set by the executor once the sandbox exists: `<sandbox.workdir>/metaflow-sandbox`.
+    base = "/tmp/" + SANDBOX_SUBDIR
 
     def __init__(self, launch: TaskLaunch, backend: Backend, staging: str, say: Callable[[str], None]):
         self.launch = launch
@@ -51,6 +53,9 @@ class Channel:
     @property
     def task_path(self) -> str:
         return "/".join((self.launch.flow, self.launch.run_id, self.launch.step, self.launch.task_id))
+
+    def prepare(self) -> None:
+        """Everything that can fail before a sandbox exists (package, credentials)."""
 
     def package(self) -> tuple[dict[str, str | None], list[Mount]]:
         """Plan fields for the code package, and mounts it needs."""
@@ -118,10 +123,12 @@ class LocalChannel(Channel):
                 "datastore. Run with --datastore=s3 and set METAFLOW_DATASTORE_SYSROOT_S3."
             )
 
-    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+    def prepare(self) -> None:
         launch = self.launch
-        directory = ensure_extracted(launch.package_blob, launch.package_sha, launch.cache_dir)
-        return {"dir": directory}, [Mount(directory, directory, read_only=True)]
+        self.package_dir = ensure_extracted(launch.package_blob, launch.package_sha, launch.cache_dir)
+
+    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+        return {"dir": self.package_dir}, [Mount(self.package_dir, self.package_dir, read_only=True)]
 
     def mounts(self) -> list[Mount]:
         # Only this run's directory and the flow's content-addressed blobs, read-only: other flows and
@@ -165,8 +172,12 @@ class S3Channel(Channel):
         self.package_location = S3Location.parse(launch.package_blob)
         self.lifetime = float(launch.spec.get("timeout") or launch.run_time_limit) + 3600
 
-    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+    def prepare(self) -> None:
+        from .s3_access import task_policy
+
         launch = self.launch
+        self.package_dir: str | None = None
+        self.package_url: str | None = None
         if self.backend.capabilities.can_mount:
             # Fetched once per package by the launcher, extracted and byte-compiled, then mounted.
             archive = os.path.join(launch.cache_dir, "packages", launch.package_sha + ".tgz")
@@ -174,33 +185,34 @@ class S3Channel(Channel):
                 partial = f"{archive}.{os.getpid()}.partial"
                 self.s3.download(self.package_location, partial)
                 os.replace(partial, archive)
-            directory = ensure_extracted(archive, launch.package_sha, launch.cache_dir)
-            return {"dir": directory}, [Mount(directory, directory, read_only=True)]
-        # No credential needed: a presigned URL that expires with the task.
-        url = self.s3.presigned_get(self.package_location, self.lifetime)
-        return {"dir": f"{SANDBOX_DIR}/package", "url": url}, []
-
-    def env(self) -> dict[str, str]:
-        from .s3_access import task_policy
-
-        launch = self.launch
+            self.package_dir = ensure_extracted(archive, launch.package_sha, launch.cache_dir)
+        else:
+            # No credential needed: a presigned URL that expires with the task.
+            self.package_url = self.s3.presigned_get(self.package_location, self.lifetime)
         policy = task_policy(self.s3.root, launch.flow, self.staging_root)
         name = f"mfsb-{launch.task_id}-{launch.attempt}"[:32]
-        credentials = self.s3.sandbox_credentials(
+        self.credentials = self.s3.sandbox_credentials(
             launch.s3_credentials, policy, self.lifetime, name, self.say
         )
+
+    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+        if self.package_dir is not None:
+            return {"dir": self.package_dir}, [Mount(self.package_dir, self.package_dir, read_only=True)]
+        return {"dir": f"{self.base}/package", "url": self.package_url}, []
+
+    def env(self) -> dict[str, str]:
         return {
-            **launch.s3_env,
-            **credentials,
-            "METAFLOW_SANDBOX_STAGING": f"{SANDBOX_DIR}/metadata",
+            **self.launch.s3_env,
+            **self.credentials,
+            "METAFLOW_SANDBOX_STAGING": f"{self.base}/metadata",
             "METAFLOW_SANDBOX_DATASTORE_STAGING": self.staged_datastore.url,
         }
 
     def log_paths(self) -> dict[str, str]:
         attempt = self.launch.attempt
         return {
-            "stdout": f"{SANDBOX_DIR}/logs/{attempt}.task_stdout.log",
-            "stderr": f"{SANDBOX_DIR}/logs/{attempt}.task_stderr.log",
+            "stdout": f"{self.base}/logs/{attempt}.task_stdout.log",
+            "stderr": f"{self.base}/logs/{attempt}.task_stderr.log",
         }
 
     def uploads(self) -> list[dict[str, str]]:
@@ -215,7 +227,7 @@ class S3Channel(Channel):
         ]
         uploads.append(
             {
-                "path": f"{SANDBOX_DIR}/metadata",
+                "path": f"{self.base}/metadata",
                 "url": self.s3.presigned_put(self.metadata_archive, self.lifetime),
             }
         )

@@ -170,6 +170,7 @@ class SandboxDecorator(StepDecorator):
                 refuse_denied(deco.attributes.get("vars") or {}, "@environment", patterns)
         self.options = options
         self.backend_resolved = name
+        self.backend_can_mount = backend.capabilities.can_mount
         # Processes the runtime spawns inherit this and skip re-validating (and re-probing backends).
         os.environ[VALIDATED_ENV] = str(os.getpid())
 
@@ -287,7 +288,9 @@ class SandboxDecorator(StepDecorator):
                 step_env.update({k: str(v) for k, v in deco.attributes.get("vars", {}).items()})
         step_env.update(options.env)
         metadata_type = cli_args.top_level_options.get("metadata") or "local"
-        python = options.options.get("python") or _config("SANDBOX_PYTHON") or sys.executable
+        # The interpreter inside: the launcher's own where the backend can mount it, else the image's python3.
+        default_python = sys.executable if self.backend_can_mount else "python3"
+        python = options.options.get("python") or _config("SANDBOX_PYTHON") or default_python
         cache_dir = _config("SANDBOX_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".cache", "metaflow-sandbox"
         )

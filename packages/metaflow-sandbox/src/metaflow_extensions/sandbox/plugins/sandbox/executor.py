@@ -27,7 +27,7 @@ from metaflow_sandbox_core import (
 from metaflow_sandbox_relay import RelayRefusedError, ServiceReplayError
 from metaflow_sandbox_runtime import Plan, bootstrap_source
 
-from .datastore_channels import SANDBOX_DIR, Channel, channel_for
+from .datastore_channels import SANDBOX_SUBDIR, Channel, channel_for
 from .env_denylist import denied_names, denylist
 from .step_command import StepCommand
 from .task_launch import TaskLaunch
@@ -83,12 +83,13 @@ class TaskExecutor:
                 backend = load_backend(self.launch.backend)
                 os.makedirs(self.staging, mode=0o700)
                 channel = channel_for(self.launch, backend, self.staging, self.say)
-                plan, spec = self._prepare(backend, channel)
+                channel.prepare()
+                spec = self._spec(backend, channel)
                 self._mark("prepare")
             except SandboxError as error:
                 self.say(f"{error}")
                 return EXIT_INFRASTRUCTURE
-            code = self._run_in_sandbox(backend, spec, plan)
+            code = self._run_in_sandbox(backend, spec, channel)
             self._mark("sandbox")
             if code == EXIT_INFRASTRUCTURE:
                 return code
@@ -112,30 +113,9 @@ class TaskExecutor:
             if os.environ.get("METAFLOW_SANDBOX_TIMINGS"):
                 self.say("timings: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in self._timings))
 
-    def _prepare(self, backend: Backend, channel: Channel) -> tuple[Plan, SandboxSpec]:
+    def _spec(self, backend: Backend, channel: Channel) -> SandboxSpec:
         launch = self.launch
-        package, package_mounts = channel.package()
-        package_dir = str(package["dir"])
-        env = {k: v.replace("{package_dir}", package_dir) for k, v in launch.package_env.items()}
-        env.update(launch.step_env)
-        # Defense in depth: whatever the step's settings say, denied names never enter (the channel's own
-        # credentials, added below, are the only exception).
-        for name in denied_names(env, denylist(launch.env_denylist)):
-            self.say(f"Not passing {name} into the sandbox (it is on the deny list).")
-            del env[name]
-        env.update(channel.env())
-        plan = Plan(
-            python=launch.python,
-            argv=self.command.inner_argv(os.path.join(package_dir, launch.flow_file)),
-            package_dir=package_dir,
-            package_url=package.get("url"),
-            workdir=f"{SANDBOX_DIR}/work",
-            env=env,
-            log_paths=channel.log_paths(),
-            endpoints=channel.endpoints(),
-            uploads=channel.uploads(),
-        )
-        mounts = [*channel.mounts(), *package_mounts]
+        mounts = [*channel.mounts(), *channel.package()[1]]
         if backend.capabilities.can_mount:
             mounts += [Mount(prefix, prefix, read_only=True) for prefix in launch.python_prefixes]
             config_file = self.command.option_value("--local-config-file")
@@ -147,9 +127,33 @@ class TaskExecutor:
             spec["timeout"] = launch.run_time_limit + TIMEOUT_GRACE
         if spec.get("network") is None:  # unset: what the datastore needs, nothing more
             spec["network"] = channel.network.value
-        return plan, SandboxSpec(**spec, mounts=tuple(mounts), labels=launch.labels)
+        return SandboxSpec(**spec, mounts=tuple(mounts), labels=launch.labels)
 
-    def _run_in_sandbox(self, backend: Backend, spec: SandboxSpec, plan: Plan) -> int:
+    def _plan(self, channel: Channel) -> Plan:
+        launch = self.launch
+        package, _ = channel.package()
+        package_dir = str(package["dir"])
+        env = {k: v.replace("{package_dir}", package_dir) for k, v in launch.package_env.items()}
+        env.update(launch.step_env)
+        # Defense in depth: whatever the step's settings say, denied names never enter (the channel's own
+        # credentials, added below, are the only exception).
+        for name in denied_names(env, denylist(launch.env_denylist)):
+            self.say(f"Not passing {name} into the sandbox (it is on the deny list).")
+            del env[name]
+        env.update(channel.env())
+        return Plan(
+            python=launch.python,
+            argv=self.command.inner_argv(os.path.join(package_dir, launch.flow_file)),
+            package_dir=package_dir,
+            package_url=package.get("url"),
+            workdir=f"{channel.base}/work",
+            env=env,
+            log_paths=channel.log_paths(),
+            endpoints=channel.endpoints(),
+            uploads=channel.uploads(),
+        )
+
+    def _run_in_sandbox(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> int:
         started = time.monotonic()
         sandbox: Sandbox | None = None
         try:
@@ -160,14 +164,12 @@ class TaskExecutor:
             self.say(
                 f"Running in {backend.name} sandbox {sandbox.id} (ready in {time.monotonic() - started:.2f}s)."
             )
-            sandbox.upload(bootstrap_source(), f"{SANDBOX_DIR}/bootstrap.py")
-            sandbox.upload(plan.to_json().encode(), f"{SANDBOX_DIR}/plan.json")
-            code = sandbox.run(
-                plan.command(f"{SANDBOX_DIR}/bootstrap.py", f"{SANDBOX_DIR}/plan.json"),
-                timeout=spec.timeout,
-                on_output=_forward,
-            )
-            return code
+            channel.base = f"{sandbox.workdir.rstrip('/')}/{SANDBOX_SUBDIR}"
+            plan = self._plan(channel)
+            bootstrap, plan_file = f"{channel.base}/bootstrap.py", f"{channel.base}/plan.json"
+            sandbox.upload(bootstrap_source(), bootstrap)
+            sandbox.upload(plan.to_json().encode(), plan_file)
+            return sandbox.run(plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=_forward)
         except SandboxTimeoutError:
             self.say(f"The step ran past its {spec.timeout:.0f}s sandbox time limit and was killed.")
             return EXIT_TIMEOUT
