@@ -60,82 +60,53 @@ def run_flow(
     return time.perf_counter() - started
 
 
-def p1_overhead(root: Path, env: dict[str, str], repeat: int) -> dict:
+def _fanout_overhead(
+    root: Path, env: dict[str, str], repeat: int, target: float, flags: tuple[str, ...] = ()
+) -> dict:
+    """Median wall time of the fan-out flow plain and sandboxed (alternating runs), after one warm-up."""
     args = ("--max-workers", "1", "--width", str(WIDTH))
-    run_flow(root, env, "fanout_flow.py", *args, BENCH_SANDBOX="1")  # warm the package cache
+    run_flow(
+        root, env, "fanout_flow.py", *args, BENCH_SANDBOX="1", datastore_flags=flags
+    )  # warm the package cache
     plain, boxed = [], []
     for _ in range(repeat):
-        plain.append(run_flow(root, env, "fanout_flow.py", *args, BENCH_SANDBOX="0"))
-        boxed.append(run_flow(root, env, "fanout_flow.py", *args, BENCH_SANDBOX="1"))
+        plain.append(run_flow(root, env, "fanout_flow.py", *args, BENCH_SANDBOX="0", datastore_flags=flags))
+        boxed.append(run_flow(root, env, "fanout_flow.py", *args, BENCH_SANDBOX="1", datastore_flags=flags))
     p, b = statistics.median(plain), statistics.median(boxed)
     return {
         "plain_wall_s": round(p, 2),
         "sandboxed_wall_s": round(b, 2),
         "tasks": WIDTH,
         "overhead_per_task_s": round((b - p) / WIDTH, 3),
-        "target_s": 0.4,
-        "runs_plain": [round(x, 2) for x in plain],
-        "runs_sandboxed": [round(x, 2) for x in boxed],
-    }
-
-
-def p1_s3_overhead(root: Path, env: dict[str, str], repeat: int, clean_python: str) -> dict:
-    """P1 on the S3 datastore (a real S3 server, moto's) with a clean sandbox Python; P6 from the same runs."""
-    from metaflow_sandbox_testing.s3_server import S3Server
-
-    args = ("--max-workers", "1", "--width", str(WIDTH))
-    with S3Server() as server:
-        server.create_bucket("bench", versioned=True)
-        s3_env = {**env, **server.metaflow_env("bench"), "METAFLOW_SANDBOX_PYTHON": clean_python}
-        flags = ("--datastore", "s3")
-        run_flow(root, s3_env, "fanout_flow.py", *args, BENCH_SANDBOX="1", datastore_flags=flags)
-        plain, boxed = [], []
-        for _ in range(repeat):
-            plain.append(
-                run_flow(root, s3_env, "fanout_flow.py", *args, BENCH_SANDBOX="0", datastore_flags=flags)
-            )
-            boxed.append(
-                run_flow(root, s3_env, "fanout_flow.py", *args, BENCH_SANDBOX="1", datastore_flags=flags)
-            )
-        versions = server.client().list_object_versions(Bucket="bench", Prefix="metaflow/FanoutFlow/data/")[
-            "Versions"
-        ]
-        package = max(versions, key=lambda v: v["Size"])
-        puts = sum(1 for v in versions if v["Key"] == package["Key"])
-    p, b = statistics.median(plain), statistics.median(boxed)
-    return {
-        "plain_wall_s": round(p, 2),
-        "sandboxed_wall_s": round(b, 2),
-        "tasks": WIDTH,
-        "overhead_per_task_s": round((b - p) / WIDTH, 3),
-        "target_s": 0.8,
-        "code_package_puts": puts,
+        "target_s": target,
         "runs": 1 + 2 * repeat,
         "runs_plain": [round(x, 2) for x in plain],
         "runs_sandboxed": [round(x, 2) for x in boxed],
     }
 
 
+def p1_overhead(root: Path, env: dict[str, str], repeat: int) -> dict:
+    return _fanout_overhead(root, env, repeat, target=0.4)
+
+
+def p1_s3_overhead(root: Path, env: dict[str, str], repeat: int, clean_python: str) -> dict:
+    """P1 on the S3 datastore (a real S3 server, moto's) with a clean sandbox Python; P6 from the same runs."""
+    from metaflow_sandbox_testing.s3_server import S3Server
+
+    with S3Server() as server:
+        server.create_bucket("bench", versioned=True)
+        s3_env = {**env, **server.metaflow_env("bench"), "METAFLOW_SANDBOX_PYTHON": clean_python}
+        result = _fanout_overhead(root, s3_env, repeat, target=0.8, flags=("--datastore", "s3"))
+        listing = server.client().list_object_versions(Bucket="bench", Prefix="metaflow/FanoutFlow/data/")
+        package = max(listing["Versions"], key=lambda v: v["Size"])
+        result["code_package_puts"] = sum(1 for v in listing["Versions"] if v["Key"] == package["Key"])
+    return result
+
+
 def clean_python_env(root: Path) -> str:
-    """A venv with only boto3 and requests (no metaflow), like a stock image: what S3 sandboxes run."""
-    uv = shutil.which("uv", path=os.path.dirname(sys.executable)) or shutil.which("uv") or "uv"
-    venv = root / "clean-venv"
-    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
-    subprocess.run(
-        [
-            uv,
-            "pip",
-            "install",
-            "--quiet",
-            "--compile-bytecode",
-            "--python",
-            str(venv / "bin" / "python"),
-            "boto3",
-            "requests",
-        ],
-        check=True,
-    )
-    return str(venv / "bin" / "python")
+    from metaflow_sandbox_testing.clean_python import make_clean_python
+
+    return make_clean_python(root / "clean-venv")
 
 
 def p3_latency(root: Path, env: dict[str, str]) -> dict:

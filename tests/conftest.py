@@ -121,29 +121,9 @@ def s3_server():
 def clean_python(tmp_path_factory) -> str:
     """A Python environment holding only what a stock image plus boto3 (and requests, which metaflow imports)
     would: no metaflow. Metaflow itself must come from the code package."""
-    uv = shutil.which("uv", path=os.path.dirname(sys.executable)) or shutil.which("uv")
-    assert uv, "uv is a test dependency (installed by the nox session)"
-    venv = tmp_path_factory.mktemp("clean-python") / "venv"
-    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=300)
-    subprocess.run(
-        [
-            uv,
-            "pip",
-            "install",
-            "--quiet",
-            "--compile-bytecode",
-            "--python",
-            str(venv / "bin" / "python"),
-            "boto3",
-            "requests",
-        ],
-        check=True,
-        timeout=600,
-    )
-    python = str(venv / "bin" / "python")
-    probe = subprocess.run([python, "-c", "import metaflow"], capture_output=True)
-    assert probe.returncode != 0, "the clean environment must not have metaflow"
-    return python
+    from metaflow_sandbox_testing.clean_python import make_clean_python
+
+    return make_clean_python(tmp_path_factory.mktemp("clean-python") / "venv")
 
 
 @pytest.fixture(params=[(d, m) for d in DATASTORES for m in METADATA_MODES], ids=lambda p: f"{p[0]}-{p[1]}")
