@@ -29,6 +29,10 @@ class Project:
     datastore: str = "local"
     s3: object | None = None  # the S3Server, for the s3 datastore
 
+    def live_sandboxes(self) -> list[int]:
+        """What is still running of this project's sandboxes (bubblewrap: its bwrap processes)."""
+        return sandbox_processes(self.sandbox_marker)
+
     @property
     def sandbox_marker(self) -> str:
         """Appears in the argv of every bwrap process (each sandbox's private directories live there), and

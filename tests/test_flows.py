@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import Project, sandbox_processes
+from .conftest import Project
 
 pytestmark = pytest.mark.integration
 
@@ -80,13 +80,12 @@ def test_catch_captures_exception_raised_in_sandbox(project: Project):
 
 
 def test_timeout_kills_sandboxed_step_and_everything_in_it(project: Project):
-    marker = project.sandbox_marker
     started = time.monotonic()
     result = project.run("timeout_flow.py", "run", check=False, timeout=180)
     assert result.returncode != 0
     assert "timed out" in (result.stdout + result.stderr).lower()
     assert time.monotonic() - started < 120
-    assert sandbox_processes(marker) == []
+    assert project.live_sandboxes() == []
 
 
 def test_resume_reruns_failed_sandboxed_step_in_a_sandbox(project: Project):
@@ -101,7 +100,6 @@ def test_resume_reruns_failed_sandboxed_step_in_a_sandbox(project: Project):
 
 def test_ctrl_c_leaves_no_sandbox_behind(project: Project):
     project.flow("foreach_flow.py")
-    marker = project.sandbox_marker
     proc = subprocess.Popen(
         project.command("foreach_flow.py", "run", "--max-workers", "4", "--nap", "60", "--width", "8"),
         cwd=project.root,
@@ -112,14 +110,14 @@ def test_ctrl_c_leaves_no_sandbox_behind(project: Project):
     )
     try:
         deadline = time.monotonic() + 120
-        while len(sandbox_processes(marker)) < 4 and time.monotonic() < deadline:
+        while len(project.live_sandboxes()) < 4 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert sandbox_processes(marker), "no sandbox started"
+        assert project.live_sandboxes(), "no sandbox started"
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         sent = time.monotonic()
-        while sandbox_processes(marker) and time.monotonic() - sent < 5:
+        while project.live_sandboxes() and time.monotonic() - sent < 5:
             time.sleep(0.1)
-        assert sandbox_processes(marker) == [], "sandbox processes outlived Ctrl-C by 5 s"
+        assert project.live_sandboxes() == [], "sandbox processes outlived Ctrl-C by 5 s"
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
