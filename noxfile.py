@@ -16,6 +16,7 @@ PACKAGES = {
     "runtime": "packages/metaflow-sandbox-runtime",
     "relay": "packages/metaflow-sandbox-relay",
     "bubblewrap": "packages/metaflow-sandbox-bubblewrap",
+    "daytona": "packages/metaflow-sandbox-daytona",
     "testing": "packages/metaflow-sandbox-testing",
     "extension": "packages/metaflow-sandbox",
 }
@@ -25,7 +26,8 @@ NEEDS = {
     "runtime": ["runtime"],
     "relay": ["relay"],
     "bubblewrap": ["core", "testing", "bubblewrap"],
-    "testing": ["core", "testing", "bubblewrap"],
+    "daytona": ["core", "testing[daytona]", "daytona"],
+    "testing": ["core", "testing[daytona,s3]", "bubblewrap"],
     "extension": ["core", "runtime", "relay", "extension"],
 }
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
@@ -35,13 +37,21 @@ MATRIX = [
     ("bubblewrap", "local", "service"),
     ("bubblewrap", "s3", "local"),
     ("bubblewrap", "s3", "service"),
+    ("daytona", "s3", "local"),  # the real daytona SDK against the emulator (metaflow_sandbox_testing)
+    ("daytona", "s3", "service"),
 ]
 
 
+#: Every package, with the test kit's emulators and S3 server.
+EVERYTHING = [name for name in PACKAGES if name != "testing"] + ["testing[daytona,s3]"]
+
+
 def install(session: nox.Session, *names: str, extras: tuple[str, ...] = ()) -> None:
+    """Install packages of this repo editable by name; "testing[daytona]" adds that package's extra."""
     args = []
     for name in names:
-        args += ["-e", PACKAGES[name]]
+        base, _, extra = name.partition("[")
+        args += ["-e", PACKAGES[base] + (f"[{extra}" if extra else "")]
     session.install(*TEST_TOOLS, *extras, *args)
 
 
@@ -54,7 +64,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["ci"])
 def typecheck(session: nox.Session) -> None:
-    install(session, *PACKAGES, extras=("mypy>=1.10",))
+    install(session, *EVERYTHING, extras=("mypy>=1.10",))
     sources = [f"{path}/src" for path in PACKAGES.values()]
     session.run("mypy", *[s for s in sources if not s.endswith("metaflow-sandbox/src")])
     session.run("mypy", "packages/metaflow-sandbox/src/metaflow_extensions/sandbox/plugins/sandbox")
@@ -75,12 +85,14 @@ def unit(session: nox.Session, package: str) -> None:
 @nox.parametrize("backend,datastore,metadata", MATRIX, ids=[f"{b}-{d}-{m}" for b, d, m in MATRIX])
 def integration(session: nox.Session, backend: str, datastore: str, metadata: str) -> None:
     tools = ("metaflow-local-service>=0.2", "pip", "hatchling", "uv", "moto[server]>=5", "boto3")
-    install(session, *PACKAGES, extras=tools)
+    install(session, *EVERYTHING, extras=tools)
     # Flow behaviours run in every row; S3-only tests in the s3 rows; tests that depend on neither the
     # datastore nor the metadata (bad input, packaging) once, in the first row.
     selection = ["tests/test_flows.py", "tests/test_security_and_tools.py"]
     if datastore == "s3":
         selection.append("tests/test_s3_datastore.py")
+    if backend == "daytona":
+        selection.append("tests/test_daytona_faults.py")
     if (backend, datastore, metadata) == MATRIX[0]:
         selection += ["tests/test_bad_input.py", "tests/test_packaging.py"]
     session.run(

@@ -17,6 +17,7 @@ import pytest
 FLOWS = Path(__file__).parent / "flows"
 METADATA_MODES = tuple(os.environ.get("MFS_TEST_METADATA", "local,service").split(","))
 DATASTORES = tuple(os.environ.get("MFS_TEST_DATASTORE", "local").split(","))
+BACKEND = os.environ.get("MFS_TEST_BACKEND", "bubblewrap")
 
 
 @dataclass
@@ -28,9 +29,13 @@ class Project:
     env: dict[str, str] = field(default_factory=dict)
     datastore: str = "local"
     s3: object | None = None  # the S3Server, for the s3 datastore
+    daytona: object | None = None  # the DaytonaEmulator, for the daytona backend
 
-    def live_sandboxes(self) -> list[int]:
-        """What is still running of this project's sandboxes (bubblewrap: its bwrap processes)."""
+    def live_sandboxes(self) -> list:
+        """What is still running of this project's sandboxes (bubblewrap: its bwrap processes; daytona: the
+        emulator's live sandboxes)."""
+        if self.daytona is not None:
+            return list(self.daytona.live_sandboxes())  # type: ignore[attr-defined]
         return sandbox_processes(self.sandbox_marker)
 
     @property
@@ -106,7 +111,7 @@ def _base_env(tmp: Path) -> dict[str, str]:
         METAFLOW_USER="tester",
         METAFLOW_SANDBOX_CACHE_DIR=str(tmp / "cache"),
         METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR=str(tmp / "bwrap-state"),
-        METAFLOW_SANDBOX_BACKEND=os.environ.get("MFS_TEST_BACKEND", "bubblewrap"),
+        METAFLOW_SANDBOX_BACKEND=BACKEND,
         PYTHONPATH=os.environ.get("PYTHONPATH", ""),
     )
     return env
@@ -130,6 +135,15 @@ def clean_python(tmp_path_factory) -> str:
     return make_clean_python(tmp_path_factory.mktemp("clean-python") / "venv")
 
 
+@pytest.fixture(scope="session")
+def daytona_emulator(clean_python):
+    """The Daytona emulator (driven by the real daytona SDK); its sandboxes' python3 has no metaflow."""
+    from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator
+
+    with DaytonaEmulator(python=clean_python) as emulator:
+        yield emulator
+
+
 @pytest.fixture(params=[(d, m) for d in DATASTORES for m in METADATA_MODES], ids=lambda p: f"{p[0]}-{p[1]}")
 def project(request, tmp_path) -> Project:
     """A project for each datastore x metadata mode: local files or S3 (a real S3 server), local metadata
@@ -145,10 +159,15 @@ def project(request, tmp_path) -> Project:
         bucket = "flows-" + os.urandom(4).hex()
         server.create_bucket(bucket, versioned=True)
         proj.s3 = server
-        proj.env.update(
-            server.metaflow_env(bucket), METAFLOW_SANDBOX_PYTHON=request.getfixturevalue("clean_python")
-        )
+        proj.env.update(server.metaflow_env(bucket))
         proj.env["MFS_TEST_BUCKET"] = bucket
+        if BACKEND == "bubblewrap":  # a sandbox Python without metaflow (image-based backends have python3)
+            proj.env["METAFLOW_SANDBOX_PYTHON"] = request.getfixturevalue("clean_python")
+    if BACKEND == "daytona":
+        if datastore != "s3":
+            pytest.fail("the daytona backend needs a remote datastore: run it with MFS_TEST_DATASTORE=s3")
+        proj.daytona = request.getfixturevalue("daytona_emulator")
+        proj.env.update(proj.daytona.env())  # type: ignore[attr-defined]
     if metadata == "service":
         service = shutil.which(
             "metaflow-local-service", path=os.path.dirname(sys.executable)

@@ -15,7 +15,7 @@ from .conftest import _base_env
 pytestmark = pytest.mark.integration
 
 FLOW = """
-from metaflow import FlowSpec, step, sandbox, bubblewrap, daytona, batch, parallel, resources, environment
+from metaflow import FlowSpec, step, sandbox, bubblewrap, daytona, e2b, batch, parallel, resources, environment
 class BadFlow(FlowSpec):
     @step
     def start(self):
@@ -33,7 +33,7 @@ if __name__ == "__main__":
 
 CASES = {
     "unknown-backend": ("@sandbox(backend='nope')", "Unknown sandbox backend 'nope'"),
-    "not-installed": ("@daytona", 'pip install "metaflow-sandbox[daytona]"'),
+    "not-installed": ("@e2b", 'pip install "metaflow-sandbox[e2b]"'),
     "cpu-zero": ("@sandbox(cpu=0)", "cpu=0 must be greater than 0"),
     "cpu-text": ("@sandbox(cpu='many')", "cpu='many' is not a number"),
     "memory-text": ("@sandbox(memory='lots')", "memory='lots' is not a number"),

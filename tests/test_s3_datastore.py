@@ -26,10 +26,15 @@ def s3_project(project: Project) -> Project:
 def _canary_run(project: Project, **env: str) -> tuple[dict, str]:
     from metaflow_sandbox_testing.s3_server import SECRET_KEY
 
-    canaries = [*PROVIDER_CANARIES.values(), SECRET_KEY]
-    result = project.run(
-        "canary_flow.py", "run", "--canaries", ",".join(canaries), **PROVIDER_CANARIES, **env
-    )
+    provider = dict(PROVIDER_CANARIES)
+    if project.daytona is not None:  # the launcher needs the real key; it is the canary then
+        provider["DAYTONA_API_KEY"] = project.env["DAYTONA_API_KEY"]
+    canaries = [*provider.values(), SECRET_KEY]
+    # The Daytona emulator runs sandboxes as plain local processes: they share the host's /proc and /tmp,
+    # so there only the step's environment, home and working directory are searched. Real sandboxes: all.
+    scan_proc = "False" if project.daytona is not None else "True"
+    arguments = ("--canaries", ",".join(canaries), "--scan-proc", scan_proc)
+    result = project.run("canary_flow.py", "run", *arguments, **provider, **env)
     data = project.query(
         "t = Flow('CanaryFlow').latest_run['untrusted'].task.data\n"
         "result = dict(found=t.found, token=t.has_session_token, region=t.region, endpoint=t.endpoint, names=t.env_names)"

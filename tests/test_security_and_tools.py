@@ -19,6 +19,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_untrusted_step_reaches_nothing_it_was_not_given(project: Project):
+    if project.daytona is not None:
+        pytest.skip(
+            "the Daytona emulator runs sandboxes as local processes and isolates no files; escape canaries apply to real sandboxes"
+        )
     secret = project.root / "credentials.txt"
     secret.write_text("canary-secret")
     other = project.root / ".metaflow" / "OtherFlow"
@@ -81,7 +85,13 @@ def test_trampoline_cli_launcher(tmp_path, metadata):
     root = tmp_path / "project"
     (root / ".metaflow").mkdir(parents=True)
     project = Project(
-        root=root, metadata=metadata, env={**_base_env(tmp_path), "METAFLOW_SANDBOX_LAUNCHER": "cli"}
+        root=root,
+        metadata=metadata,
+        env={
+            **_base_env(tmp_path),
+            "METAFLOW_SANDBOX_LAUNCHER": "cli",
+            "METAFLOW_SANDBOX_BACKEND": "bubblewrap",
+        },
     )
     result = project.run("retry_flow.py", "run")
     assert "sandbox step flaky" not in result.stderr  # no usage errors from the CLI
@@ -97,7 +107,10 @@ def test_metaflow_local_service_run_form(tmp_path):
     assert service, "metaflow-local-service is a test dependency"
     root = tmp_path / "project"
     root.mkdir()
-    env = _base_env(tmp_path)
+    env = {
+        **_base_env(tmp_path),
+        "METAFLOW_SANDBOX_BACKEND": "bubblewrap",
+    }  # a launcher test, not a backend test
     shutil.copy(os.path.join(os.path.dirname(__file__), "flows", "artifacts_flow.py"), root)
     try:
         result = subprocess.run(

@@ -5,7 +5,7 @@ import os
 from metaflow import FlowSpec, Parameter, sandbox, step
 
 
-def _search(canaries):
+def _search(canaries, scan_proc):
     found = set()
 
     def scan(blob, where):
@@ -14,7 +14,7 @@ def _search(canaries):
                 found.add(f"{canary[:12]}… in {where}")
 
     scan("\0".join(f"{k}={v}" for k, v in os.environ.items()).encode(), "env")
-    for pid in os.listdir("/proc"):
+    for pid in os.listdir("/proc") if scan_proc else []:
         if pid.isdigit():
             for part in ("environ", "cmdline"):
                 try:
@@ -22,7 +22,13 @@ def _search(canaries):
                         scan(f.read(), f"/proc/{pid}/{part}")
                 except OSError:
                     pass
-    for top in ("/tmp", os.path.expanduser("~"), os.getcwd(), "/sandbox"):
+    # An emulated sandbox shares the host's /proc and /tmp; there only its own home and cwd are its own.
+    tops = (
+        ("/tmp", os.path.expanduser("~"), os.getcwd(), "/sandbox")
+        if scan_proc
+        else (os.path.expanduser("~"), os.getcwd())
+    )
+    for top in tops:
         for dirpath, _, files in os.walk(top):
             for name in files:
                 try:
@@ -35,6 +41,7 @@ def _search(canaries):
 
 class CanaryFlow(FlowSpec):
     canaries = Parameter("canaries", default="")
+    scan_proc = Parameter("scan-proc", default=True, type=bool)
 
     @step
     def start(self):
@@ -43,7 +50,7 @@ class CanaryFlow(FlowSpec):
     @sandbox
     @step
     def untrusted(self):
-        self.found = _search([c for c in self.canaries.split(",") if c])
+        self.found = _search([c for c in self.canaries.split(",") if c], self.scan_proc)
         self.has_session_token = bool(os.environ.get("AWS_SESSION_TOKEN"))
         self.env_names = sorted(os.environ)
         self.region = os.environ.get("AWS_DEFAULT_REGION")

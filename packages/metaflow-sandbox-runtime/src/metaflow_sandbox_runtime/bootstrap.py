@@ -19,6 +19,7 @@ import io
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +32,14 @@ MAX_LINE = 1 << 20  # a longer line is cut into records of this size
 READ_SIZE = 1 << 16
 EXTRACTED_MARKER = ".metaflow-sandbox-extracted"
 EXIT_UNREACHABLE = 202  # an infrastructure failure: Metaflow does not retry it
-DRAIN_SECONDS = 0.5  # how long to keep reading after the step exited while its pipes stay open
+DRAIN_SECONDS = 0.5
+INHERITED = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "USER",
+)  # from the sandbox's (backend-made) environment  # how long to keep reading after the step exited while its pipes stay open
 
 
 def _extract_package(archive, dest):
@@ -164,12 +172,17 @@ def run(plan):
         _extract_package(package["archive"], package["dir"])
     workdir = plan.get("workdir") or os.getcwd()
     os.makedirs(workdir, exist_ok=True)
-    env = dict(plan.get("env") or {})
+    # The sandbox's own basics (set by the backend, never the launcher's), then the step's environment.
+    env = {k: os.environ[k] for k in INHERITED if k in os.environ}
+    env.update(plan.get("env") or {})
+    python = plan["python"]
+    if os.sep not in python:  # e.g. "python3" from the image: resolve it on the sandbox's PATH
+        python = shutil.which(python, path=env.get("PATH")) or python
     source = plan.get("log_source", "task")
     logs = plan.get("log_paths") or {}
 
     step = subprocess.Popen(
-        [plan["python"], *plan["argv"]],
+        [python, *plan["argv"]],
         cwd=workdir,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from metaflow_sandbox_core import (
     Backend,
     Mount,
+    NetworkPolicy,
     Sandbox,
     SandboxError,
     SandboxSpec,
@@ -126,7 +127,14 @@ class TaskExecutor:
         if spec.get("timeout") is None:
             spec["timeout"] = launch.run_time_limit + TIMEOUT_GRACE
         if spec.get("network") is None:  # unset: what the datastore needs, nothing more
-            spec["network"] = channel.network.value
+            needed = channel.network
+            if needed not in backend.capabilities.network_policies:
+                # The step cannot run without its datastore; this backend cannot narrow egress to it.
+                needed = NetworkPolicy.FULL
+                self.say(
+                    f"The {backend.name} backend cannot limit egress to the datastore; the sandbox gets full network."
+                )
+            spec["network"] = needed.value
         return SandboxSpec(**spec, mounts=tuple(mounts), labels=launch.labels)
 
     def _plan(self, channel: Channel) -> Plan:

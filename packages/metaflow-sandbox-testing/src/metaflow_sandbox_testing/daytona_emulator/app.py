@@ -1,0 +1,127 @@
+"""The emulator's aiohttp application and server: auth, error envelopes, routes, start and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+import signal
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from . import admin, api, toolbox
+from .envelope import SOURCE_PROXY, EmulatorError, error_response
+from .faults import Faults
+from .sandboxes import Registry
+
+log = logging.getLogger("metaflow_sandbox_testing.daytona_emulator")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _drain(request: web.BaseRequest) -> None:
+    """Read what is left of the body, so a keep-alive connection stays usable for the next request."""
+    try:
+        while await request.content.readany():
+            pass
+    except Exception:  # a broken body: the connection is closed anyway
+        pass
+
+
+def _middleware(api_key: str | None) -> Any:
+    expected = f"Bearer {api_key}" if api_key else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        guarded = request.path.startswith(("/api/", "/toolbox/")) or request.path == "/api"
+        try:
+            if expected is not None and guarded and request.headers.get("Authorization") != expected:
+                source = SOURCE_PROXY if request.path.startswith("/toolbox/") else "DAYTONA_API"
+                raise EmulatorError(401, "Unauthorized: invalid or missing API key", source=source)
+            return await handler(request)
+        except EmulatorError as error:
+            await _drain(request)
+            return error.response(request)
+        except web.HTTPException as error:  # unmatched route (404), wrong method (405), ...
+            if error.status < 400:
+                raise
+            await _drain(request)
+            return error_response(request, error.status, error.reason)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as error:
+            log.exception("emulator error on %s %s", request.method, request.path)
+            await _drain(request)
+            return error_response(request, 500, f"emulator error: {error!r}")
+
+    return middleware
+
+
+def python_shims(bin_dir: str, python: str) -> None:
+    """`python3` and `python` on the sandboxes' PATH run `python` (wrappers, so a venv stays a venv)."""
+    os.makedirs(bin_dir, exist_ok=True)
+    for name in ("python3", "python"):
+        path = os.path.join(bin_dir, name)
+        with open(path, "w", encoding="utf-8") as shim:
+            shim.write(f'#!/bin/sh\nexec {shlex.quote(python)} "$@"\n')
+        os.chmod(path, 0o755)
+
+
+def make_app(registry: Registry, api_key: str | None) -> web.Application:
+    app = web.Application(middlewares=[_middleware(api_key)], client_max_size=1024**4)
+    app["registry"] = registry
+    app.add_routes(admin.routes)
+    app.add_routes(api.routes)
+    app.add_routes(toolbox.routes)
+    return app
+
+
+async def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    api_key: str | None = None,
+    python: str | None = None,
+    state_dir: str | None = None,
+    faults: Mapping[str, Any] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT); then kill every sandbox's processes and remove them."""
+    own_root = state_dir is None
+    root = state_dir or tempfile.mkdtemp(prefix="daytona-emulator-")
+    sandboxes_dir = os.path.join(root, "sandboxes")
+    os.makedirs(sandboxes_dir, exist_ok=True)
+    bin_dir = None
+    if python:
+        bin_dir = os.path.join(root, "bin")
+        python_shims(bin_dir, python)
+    registry = Registry(sandboxes_dir, toolbox_url="", faults=Faults().update(faults or {}), bin_dir=bin_dir)
+    runner = web.AppRunner(
+        make_app(registry, api_key), access_log=None, handle_signals=False, shutdown_timeout=5.0
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
+    await site.start()
+    server = site._server
+    assert server is not None
+    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    base = f"http://{host}:{bound}"
+    registry.toolbox_url = f"{base}/toolbox"
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if on_ready is not None:
+        on_ready(f"{base}/api")
+    try:
+        await stop.wait()
+    finally:
+        await registry.delete_all()
+        await runner.cleanup()
+        shutil.rmtree(root if own_root else sandboxes_dir, ignore_errors=True)

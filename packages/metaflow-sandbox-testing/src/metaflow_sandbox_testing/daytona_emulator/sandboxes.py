@@ -1,0 +1,323 @@
+"""Emulated sandboxes: records, their state machine, DTOs, and running commands in a clean environment.
+
+A sandbox is a private host directory `<root>/<id>/` whose `home/` is the sandbox's home and working
+directory (reported to the SDK as an absolute host path) and whose `logs/` holds command logs. Commands run
+as local processes with only PATH, HOME, LANG, the sandbox's env and the command's own settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from .commands import Command, Session
+from .envelope import SOURCE_DAEMON, SOURCE_PROXY, EmulatorError
+from .faults import Faults
+
+ORGANIZATION_ID = "emulator-organization"
+DEFAULT_SIZES = {"cpu": 1, "memory": 1, "disk": 3, "gpu": 0}
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _iso(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class EmulatedSandbox:
+    def __init__(self, registry: Registry, body: Mapping[str, Any], *, ready_in: float, final_state: str):
+        self.registry = registry
+        self.id = str(uuid.uuid4())
+        self.name = str(body.get("name") or self.id)
+        self.labels = {str(k): str(v) for k, v in (body.get("labels") or {}).items()}
+        self.env = {str(k): str(v) for k, v in (body.get("env") or {}).items()}
+        self.snapshot = body.get("snapshot")
+        build = body.get("buildInfo") or None
+        self.sizes = {key: int(body.get(key) or default) for key, default in DEFAULT_SIZES.items()}
+        self.network_block_all = bool(body.get("networkBlockAll") or False)
+        self.request = dict(body)
+        self.created_at = time.time()
+        self.updated_at = self.created_at
+        self.ready_at = time.monotonic() + ready_in
+        self.pending_state = "pending_build" if build else "creating"
+        self.final_state = final_state
+        self.error_reason = (
+            None if final_state == "started" else f"emulated {final_state} (fault injection: broken_creates)"
+        )
+        self.build_info = (
+            None
+            if not build
+            else {
+                "dockerfileContent": build.get("dockerfileContent"),
+                "contextHashes": build.get("contextHashes") or [],
+                "createdAt": _iso(self.created_at),
+                "updatedAt": _iso(self.created_at),
+                "snapshotRef": f"emulator-build-{self.id[:8]}",
+            }
+        )
+        self.destroyed = False
+        self.root = os.path.join(registry.root, self.id)
+        self.home = os.path.join(self.root, "home")
+        self.log_dir = os.path.join(self.root, "logs")
+        os.makedirs(self.home, mode=0o700)
+        os.makedirs(self.log_dir, mode=0o700)
+        self.sessions: dict[str, Session] = {}
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # -- state ----------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self.destroyed:
+            return "destroyed"
+        return self.pending_state if time.monotonic() < self.ready_at else self.final_state
+
+    def require_started(self) -> None:
+        state = self.state
+        if state != "started":
+            raise EmulatorError(
+                409,
+                f"Sandbox {self.id} is not started (state: {state})",
+                code="CONFLICT",
+                source=SOURCE_PROXY,
+            )
+
+    def dto(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            **self.list_item(),
+            "env": self.env,
+            "kvm": False,
+            "volumes": [],
+            "buildInfo": self.build_info,
+            "state": state,
+        }
+
+    def list_item(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "organizationId": ORGANIZATION_ID,
+            "name": self.name,
+            "snapshot": self.snapshot,
+            "user": "daytona",
+            "labels": self.labels,
+            "public": bool(self.request.get("public") or False),
+            "networkBlockAll": self.network_block_all,
+            "networkAllowList": self.request.get("networkAllowList"),
+            "domainAllowList": self.request.get("domainAllowList"),
+            "target": str(self.request.get("target") or "emulator"),
+            "cpu": self.sizes["cpu"],
+            "gpu": self.sizes["gpu"],
+            "memory": self.sizes["memory"],
+            "disk": self.sizes["disk"],
+            "state": self.state,
+            "desiredState": "destroyed" if self.destroyed else "started",
+            "errorReason": self.error_reason if self.state in ("error", "build_failed") else None,
+            "recoverable": False,
+            "autoStopInterval": self.request.get("autoStopInterval", 15),
+            "autoArchiveInterval": self.request.get("autoArchiveInterval", 10080),
+            "autoDeleteInterval": self.request.get("autoDeleteInterval", -1),
+            "createdAt": _iso(self.created_at),
+            "updatedAt": _iso(self.updated_at),
+            "lastActivityAt": _iso(self.updated_at),
+            "daemonVersion": "emulator",
+            "toolboxProxyUrl": self.registry.toolbox_url,
+        }
+
+    def touch(self) -> None:
+        self.updated_at = time.time()
+
+    def admin_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "labels": self.labels,
+            "home": self.home,
+            "running_commands": sum(len(session.running) for session in self.sessions.values()),
+            # What was asked for, as the API recorded it (for tests of a client's mapping).
+            "snapshot": self.snapshot,
+            "dockerfile": (self.build_info or {}).get("dockerfileContent"),
+            **self.sizes,
+            "network_block_all": self.network_block_all,
+            "env": self.env,
+            "auto_stop_interval": self.request.get("autoStopInterval"),
+            "auto_delete_interval": self.request.get("autoDeleteInterval"),
+            "ttl_minutes": self.request.get("ttlMinutes"),
+            "last_activity": self.updated_at,
+        }
+
+    # -- sessions and commands ------------------------------------------------------------------------
+
+    def session(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise EmulatorError(
+                404, f"session {session_id} not found", code="NOT_FOUND", source=SOURCE_DAEMON
+            )
+        return session
+
+    def create_session(self, session_id: str) -> Session:
+        if not session_id:
+            raise EmulatorError(400, "sessionId is required", code="BAD_REQUEST", source=SOURCE_DAEMON)
+        if session_id in self.sessions:
+            raise EmulatorError(
+                409, f"session {session_id} already exists", code="CONFLICT", source=SOURCE_DAEMON
+            )
+        log_dir = os.path.join(self.log_dir, uuid.uuid4().hex)
+        os.mkdir(log_dir, 0o700)
+        session = self.sessions[session_id] = Session(session_id, log_dir)
+        return session
+
+    def delete_session(self, session_id: str) -> None:
+        self.session(session_id).kill()
+        del self.sessions[session_id]
+
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The clean environment of a command: nothing from the emulator's own environment."""
+        path = f"{self.registry.bin_dir}:{SYSTEM_PATH}" if self.registry.bin_dir else SYSTEM_PATH
+        return {"PATH": path, "HOME": self.home, "LANG": "C.UTF-8", **self.env, **(extra or {})}
+
+    async def run(
+        self, session: Session, command: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> Command:
+        entry = session.new_command(command)
+        workdir = self.resolve(cwd) if cwd else self.home
+        await entry.start(["/bin/sh", "-c", command], self.environment(env), workdir)
+        faults = self.registry.faults
+        if faults.kill_after is not None:
+            self.later(faults.kill_after, self.registry.kill, self, "kill_after")
+        return entry
+
+    def later(self, delay: float, callback: Any, *args: Any) -> None:
+        """Run the coroutine function `callback(*args)` in `delay` seconds (unless the sandbox ends first)."""
+
+        def fire() -> None:
+            task = asyncio.ensure_future(callback(*args))
+            self.registry.cleanups.add(task)
+            task.add_done_callback(self.registry.cleanups.discard)
+
+        self._timers.append(asyncio.get_running_loop().call_later(delay, fire))
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    def resolve(self, path: str) -> str:
+        """The host path of a sandbox path: relative to home, or absolute inside home. Anything else is refused."""
+        if "\0" in path or not path:
+            raise EmulatorError(400, f"invalid path {path!r}", code="INVALID_FILE_PATH", source=SOURCE_DAEMON)
+        target = os.path.normpath(path if os.path.isabs(path) else os.path.join(self.home, path))
+        home = os.path.realpath(self.home)
+        # Resolve symlinks of the existing part, so a link made inside cannot lead outside.
+        resolved = os.path.realpath(target)
+        if not (resolved == home or resolved.startswith(home + os.sep)):
+            raise EmulatorError(
+                403,
+                f"path {path!r} is outside the sandbox's home {self.home!r}",
+                code="FILE_ACCESS_DENIED",
+                source=SOURCE_DAEMON,
+            )
+        return resolved
+
+    # -- end ------------------------------------------------------------------------------------------
+
+    def kill_everything(self) -> list[Command]:
+        running: list[Command] = []
+        for session in self.sessions.values():
+            running += session.running
+            session.kill()
+        for timer in self._timers:
+            timer.cancel()
+        return running
+
+
+class Registry:
+    """All live sandboxes of one emulator."""
+
+    def __init__(self, root: str, toolbox_url: str, faults: Faults, bin_dir: str | None):
+        self.root = root
+        self.toolbox_url = toolbox_url
+        self.faults = faults
+        self.bin_dir = bin_dir
+        self.sandboxes: dict[str, EmulatedSandbox] = {}
+        self.names: dict[str, str] = {}
+        self.cleanups: set[asyncio.Future[None]] = set()
+        self.stats = {
+            "create_requests": 0,
+            "creates_failed_by_fault": 0,
+            "sandboxes_created": 0,
+            "sandboxes_broken_by_fault": 0,
+            "sandboxes_deleted": 0,
+            "sandboxes_killed_by_fault": 0,
+            "log_streams_dropped_by_fault": 0,
+        }
+
+    def get(self, id_or_name: str) -> EmulatedSandbox:
+        sandbox = self.sandboxes.get(id_or_name) or self.sandboxes.get(self.names.get(id_or_name, ""))
+        if sandbox is None:
+            raise EmulatorError(404, f"Sandbox with ID or name {id_or_name} not found", code="NOT_FOUND")
+        return sandbox
+
+    def toolbox_sandbox(self, sandbox_id: str) -> EmulatedSandbox:
+        """The sandbox a toolbox request is for (the proxy answers for missing ones)."""
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise EmulatorError(404, f"Sandbox {sandbox_id} not found", code="NOT_FOUND", source=SOURCE_PROXY)
+        sandbox.require_started()
+        return sandbox
+
+    def create(self, body: Mapping[str, Any]) -> EmulatedSandbox:
+        name = body.get("name")
+        if name and name in self.names:
+            raise EmulatorError(409, f"Sandbox with name {name} already exists", code="CONFLICT")
+        faults = self.faults
+        final_state = "started"
+        if faults.broken_creates > 0:
+            faults.broken_creates -= 1
+            final_state = faults.broken_state
+            self.stats["sandboxes_broken_by_fault"] += 1
+        sandbox = EmulatedSandbox(self, body, ready_in=faults.create_delay, final_state=final_state)
+        self.sandboxes[sandbox.id] = sandbox
+        self.names[sandbox.name] = sandbox.id
+        self.stats["sandboxes_created"] += 1
+        ttl = body.get("ttlMinutes")
+        if isinstance(ttl, int) and ttl > 0:
+            sandbox.later(ttl * 60.0, self.delete, sandbox)
+        return sandbox
+
+    async def delete(self, sandbox: EmulatedSandbox) -> None:
+        """Remove at once (404 from now on), kill its processes, then its directory once they have ended."""
+        if sandbox.destroyed:
+            return
+        sandbox.destroyed = True
+        self.sandboxes.pop(sandbox.id, None)
+        if self.names.get(sandbox.name) == sandbox.id:
+            del self.names[sandbox.name]
+        self.stats["sandboxes_deleted"] += 1
+        running = sandbox.kill_everything()
+        task = asyncio.ensure_future(self._remove(sandbox, running))
+        self.cleanups.add(task)
+        task.add_done_callback(self.cleanups.discard)
+
+    async def _remove(self, sandbox: EmulatedSandbox, running: list[Command]) -> None:
+        """Once its killed commands have ended (their followers have everything), remove the directory."""
+        if running:
+            await asyncio.wait([asyncio.ensure_future(c.finished.wait()) for c in running], timeout=10)
+        await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, sandbox.root, True)
+
+    async def kill(self, sandbox: EmulatedSandbox, reason: str) -> None:
+        """A sandbox that dies under its commands (fault `kill_after` or the admin API)."""
+        if not sandbox.destroyed:
+            self.stats["sandboxes_killed_by_fault"] += 1
+            await self.delete(sandbox)
+
+    async def delete_all(self) -> None:
+        for sandbox in list(self.sandboxes.values()):
+            await self.delete(sandbox)
+        if self.cleanups:
+            await asyncio.wait(list(self.cleanups), timeout=15)

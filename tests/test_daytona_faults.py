@@ -1,0 +1,63 @@
+"""Infrastructure faults on the Daytona backend, injected by the emulator the real SDK talks to."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from .conftest import Project
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def daytona_project(project: Project):
+    if project.daytona is None:
+        pytest.fail(
+            "run this module with MFS_TEST_BACKEND=daytona MFS_TEST_DATASTORE=s3 (nox -s integration does)"
+        )
+    emulator = project.daytona
+    emulator.reset_faults()  # type: ignore[attr-defined]
+    yield project, emulator
+    emulator.reset_faults()  # type: ignore[attr-defined]
+    assert emulator.live_sandboxes() == [], "a sandbox outlived its scenario"  # type: ignore[attr-defined]
+
+
+def _attempt(project: Project) -> int:
+    return int(project.query("result = Flow('FaultFlow').latest_run['work'].task.data.attempt"))  # type: ignore[arg-type]
+
+
+def test_create_503_is_retried_with_backoff(daytona_project):
+    project, emulator = daytona_project
+    emulator.faults(fail_creates=1, fail_status=503)
+    result = project.run("fault_flow.py", "run")
+    assert "retrying in" in result.stdout + result.stderr
+    assert _attempt(project) == 0  # an infrastructure retry, not a user-code retry
+
+
+def test_sandbox_killed_mid_step_is_rerun_by_retry(daytona_project):
+    project, emulator = daytona_project
+    emulator.faults(kill_after=4)
+    project.run("fault_flow.py", "run", "--first-attempt-nap", "30")
+    assert _attempt(project) == 1
+
+
+def test_dropped_log_stream_keeps_result_and_complete_logs(daytona_project):
+    project, emulator = daytona_project
+    emulator.faults(drop_logs_after=2)
+    project.run("fault_flow.py", "run", "--lines", "20")
+    assert _attempt(project) == 0
+    run_id, task_id = project.query(  # type: ignore[misc]
+        "t = Flow('FaultFlow').latest_run['work'].task\nresult = [t.pathspec.split('/')[1], t.id]"
+    )
+    logs = subprocess.run(
+        project.command("fault_flow.py", "logs", f"{run_id}/work/{task_id}"),
+        cwd=project.root,
+        env=project.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for i in range(20):
+        assert logs.stdout.count(f"LINE-{i}\n") == 1, logs.stdout
