@@ -77,6 +77,15 @@ def _find(obj, run_id, all_runs, backends):
             run_id = util.get_latest_run_id(obj.echo, obj.flow.name)
         if run_id is not None:
             labels["metaflow.run"] = str(run_id)
+    from metaflow_sandbox_core import SandboxError
+
     for name, backend in _backends(backends):
-        for box in backend.list(labels):
+        try:
+            found = backend.list(labels)
+        except SandboxError as error:
+            if backends:  # asked for by name: say why it cannot be searched
+                raise click.ClickException(f"{name}: {error}")
+            obj.echo_always(f"Skipping {name}: {error}", err=True)
+            continue
+        for box in found:
             yield name, box
