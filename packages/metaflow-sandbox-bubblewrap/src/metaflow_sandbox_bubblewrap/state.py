@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
-from metaflow_sandbox_core import ConfigError
+from metaflow_sandbox_core import ConfigError, default_state_dir
 
 from .layout import SandboxLayout
 from .processes import ProcessRef
@@ -25,15 +25,8 @@ SANDBOX_ID_PATTERN = re.compile(r"^bwrap-[0-9a-f]{16}$")
 
 
 def default_state_root() -> str:
-    """`$METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR`, else `$XDG_RUNTIME_DIR/metaflow-sandbox/bubblewrap`,
-    else `/tmp/metaflow-sandbox-<uid>/bubblewrap`."""
-    configured = os.environ.get(STATE_DIR_ENV)
-    if configured:
-        return os.path.abspath(configured)
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime_dir and os.path.isdir(runtime_dir):
-        return os.path.join(runtime_dir, "metaflow-sandbox", "bubblewrap")
-    return os.path.join(tempfile.gettempdir(), f"metaflow-sandbox-{os.getuid()}", "bubblewrap")
+    """`${STATE_DIR_ENV}`, else a per-user directory (see `metaflow_sandbox_core.default_state_dir`)."""
+    return default_state_dir("bubblewrap", STATE_DIR_ENV)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .registry import (
 )
 from .retry import call_with_retries
 from .spec import Mount, NetworkPolicy, SandboxSpec
+from .state_dir import default_state_dir
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "available_backends",
     "backend_class",
     "call_with_retries",
+    "default_state_dir",
     "install_hint",
     "load_backend",
     "pick_default_backend",

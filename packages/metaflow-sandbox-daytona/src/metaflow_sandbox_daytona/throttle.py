@@ -13,12 +13,12 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 
 from metaflow_sandbox_core import ConfigError
+from metaflow_sandbox_core import default_state_dir as shared_state_dir
 
 RATE_ENV = "METAFLOW_SANDBOX_DAYTONA_CREATES_PER_MINUTE"
 STATE_DIR_ENV = "METAFLOW_SANDBOX_DAYTONA_STATE_DIR"
@@ -28,15 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def default_state_dir() -> str:
-    """`$METAFLOW_SANDBOX_DAYTONA_STATE_DIR`, else `$XDG_RUNTIME_DIR/metaflow-sandbox/daytona`, else
-    `/tmp/metaflow-sandbox-<uid>/daytona`."""
-    configured = os.environ.get(STATE_DIR_ENV)
-    if configured:
-        return os.path.abspath(configured)
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime_dir and os.path.isdir(runtime_dir):
-        return os.path.join(runtime_dir, "metaflow-sandbox", "daytona")
-    return os.path.join(tempfile.gettempdir(), f"metaflow-sandbox-{os.getuid()}", "daytona")
+    """`${STATE_DIR_ENV}`, else a per-user directory (see `metaflow_sandbox_core.default_state_dir`)."""
+    return shared_state_dir("daytona", STATE_DIR_ENV)
 
 
 def creates_per_minute_from_env() -> float:
