@@ -61,3 +61,23 @@ def test_dropped_log_stream_keeps_result_and_complete_logs(daytona_project):
     )
     for i in range(20):
         assert logs.stdout.count(f"LINE-{i}\n") == 1, logs.stdout
+
+
+def test_stock_image_without_boto3_runs_through_the_shipped_client_bundle(daytona_project, tmp_path):
+    """An image with Python only (like python:3.11-slim or Daytona's default): the launcher ships boto3 and
+    requests from its own environment, once per datastore, instead of pip installing them in every sandbox."""
+    from metaflow_sandbox_testing.clean_python import make_clean_python
+    from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator
+
+    project, _ = daytona_project
+    stock = make_clean_python(tmp_path / "stock", packages=())
+    assert subprocess.run([stock, "-c", "import boto3"], capture_output=True).returncode != 0
+    with DaytonaEmulator(python=stock) as emulator:
+        project.env.update(emulator.env())
+        project.run("fault_flow.py", "run")
+        assert _attempt(project) == 0
+        assert emulator.live_sandboxes() == []
+    bucket = project.env["MFS_TEST_BUCKET"]
+    keys = [o["Key"] for o in project.s3.client().list_objects_v2(Bucket=bucket)["Contents"]]  # type: ignore[attr-defined]
+    bundles = [key for key in keys if "/.sandbox-packages/client-" in key]
+    assert len(bundles) == 1, keys

@@ -133,3 +133,46 @@ def test_fetches_package_by_url_uploads_results_and_names_unreachable_endpoints(
     done = subprocess.run(plan.command(bootstrap_path(), str(tmp_path / "plan.json")), capture_output=True)
     assert done.returncode == 202
     assert b"cannot reach the datastore at 127.0.0.1:1" in done.stderr
+
+
+def test_libraries_are_fetched_only_when_the_image_cannot_import_them(tmp_path):
+    import http.server
+    import threading
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "bundled_client.py").write_text("WHERE = 'bundle'\n")
+    with tarfile.open(tmp_path / "lib.tgz", "w:gz") as tar:
+        tar.add(lib / "bundled_client.py", arcname="bundled_client.py")
+    archive = (tmp_path / "lib.tgz").read_bytes()
+    fetches = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            fetches.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(archive)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/lib.tgz"
+    try:
+        code = "import bundled_client, sys; print(bundled_client.WHERE, [p for p in sys.path if 'pkg' in p or 'libs' in p])"
+        offered = [{"modules": ["bundled_client"], "url": url, "dir": str(tmp_path / "libs")}]
+        proc = run_plan(tmp_path, code, libraries=offered, env={"PYTHONPATH": str(tmp_path / "pkg")})
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        # Fetched once, appended after the code package on the step's path.
+        assert fetches == ["/lib.tgz"]
+        assert out.rstrip().endswith(f"bundle ['{tmp_path / 'pkg'}', '{tmp_path / 'libs'}']".encode())
+
+        present = [{"modules": ["json"], "url": url, "dir": str(tmp_path / "unused")}]
+        proc = run_plan(tmp_path, "import json", libraries=present)
+        assert proc.wait(timeout=60) == 0
+        assert fetches == ["/lib.tgz"] and not (tmp_path / "unused").exists()
+    finally:
+        server.shutdown()

@@ -153,6 +153,50 @@ def test_home_dir_clean_environment_and_image_python(emulator: DaytonaEmulator, 
     drive(emulator, scenario)
 
 
+def test_each_sandbox_has_its_own_copy_of_the_image_and_login_shells_find_it(emulator: DaytonaEmulator) -> None:
+    """What one sandbox installs into its Python is gone for the next; `bash -lc` finds python3 and pip."""
+    install = "python3 -c \"import site; open(site.getsitepackages()[0] + '/planted.py', 'w').write('')\""
+    probe = "python3 -c 'import planted' 2>/dev/null && echo found || echo missing"
+
+    async def scenario(client: Any) -> None:
+        first, second = await client.create(), await client.create()
+        try:
+            assert (await first.process.exec(f"{install} && {probe}")).result.strip() == "found"
+            assert (await second.process.exec(probe)).result.strip() == "missing"
+            login = await second.process.exec("bash -lc 'command -v python3 pip'")
+            assert login.exit_code == 0
+            home = next(s["home"] for s in emulator.live_sandboxes() if s["id"] == second.id)
+            found = login.result.split()
+            assert [os.path.basename(path) for path in found] == ["python3", "pip"]
+            assert all(path.startswith(os.path.dirname(home) + os.sep) for path in found)  # its own copy
+        finally:
+            await first.delete()
+            await second.delete()
+
+    drive(emulator, scenario)
+
+
+def test_host_paths_open_the_file_api_beyond_home(tmp_path: Any) -> None:
+    """A client that writes its script to the sandbox's /tmp (the predecessor does) needs `host_paths`."""
+    outside = tmp_path / "scratch"
+    outside.mkdir()
+
+    async def scenario(client: Any) -> None:
+        sandbox = await client.create()
+        try:
+            await sandbox.fs.upload_file(b"echo via-host-path", str(outside / "script.sh"))
+            ran = await sandbox.process.exec(f"sh {outside / 'script.sh'}")
+            assert ran.result.strip() == "via-host-path"
+            with pytest.raises(daytona.DaytonaError):
+                await sandbox.fs.upload_file(b"x", str(tmp_path / "not-listed.txt"))
+        finally:
+            await sandbox.delete()
+
+    with DaytonaEmulator(python=IMAGE_PYTHON, host_paths=(str(outside),)) as emulator:
+        drive(emulator, scenario)
+        assert emulator.live_sandboxes() == []
+
+
 # -- sessions and streaming -------------------------------------------------------------------------------
 
 

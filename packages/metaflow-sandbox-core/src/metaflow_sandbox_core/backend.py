@@ -110,6 +110,10 @@ class Backend(abc.ABC):
     def check(self) -> None:  # noqa: B027 - optional hook, most backends have nothing to check
         """Raise `ConfigError`/`UnavailableError` naming the fix if this backend cannot work here."""
 
+    def preload(self) -> None:  # noqa: B027 - optional hook
+        """Import heavy client libraries ahead of `create` (launchers call it on a background thread while
+        they prepare the task); must not fail: `create` reports what is missing."""
+
     def validate(self, spec: SandboxSpec) -> None:  # noqa: B027 - optional hook
         """Raise `ConfigError` naming the fix for a spec this backend cannot honour.
 

@@ -103,6 +103,12 @@ class DaytonaBackend(Backend):
 
     # -- create -----------------------------------------------------------------------------------------
 
+    def preload(self) -> None:
+        try:
+            from daytona import AsyncDaytona  # noqa: F401 - most of a launcher's start-up time
+        except ImportError:
+            pass
+
     def create(self, spec: SandboxSpec) -> DaytonaSandbox:
         plan = plan_create(spec)
         connection = self.connection

@@ -7,11 +7,12 @@ the code package (which carries metaflow) is available. It
   1. checks that the endpoints the step needs (the datastore) are reachable, naming any that is not,
   2. makes the code package available (an extracted directory, an archive, or a URL — e.g. a short-lived
      presigned one, so no credential is needed to fetch it), extracted once,
-  3. runs the step with the plan's argv, environment and working directory,
-  4. decorates every output line as an mflog record (`[MFLOG|0|<utc>Z|task|<id>]line`), writes it to
+  3. fetches libraries the step needs but the image lacks (e.g. the datastore client), when the plan offers them,
+  4. runs the step with the plan's argv, environment and working directory,
+  5. decorates every output line as an mflog record (`[MFLOG|0|<utc>Z|task|<id>]line`), writes it to
      its own stdout/stderr at once (the launcher streams it) and appends it to the task's log files,
-  5. uploads files and directories the plan lists (logs, local metadata) to their (presigned) URLs,
-  6. exits with the step's exit code (128 + N when the step was killed by signal N).
+  6. uploads files and directories the plan lists (logs, local metadata) to their (presigned) URLs,
+  7. exits with the step's exit code (128 + N when the step was killed by signal N).
 """
 
 import datetime
@@ -84,6 +85,32 @@ def _fetch(url, path):
             if not chunk:
                 break
             out.write(chunk)
+
+
+_PROBE = "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))"
+
+
+def _provide_libraries(python, env, libraries):
+    """For each offered bundle whose modules the step's Python cannot import: fetch it, extract it once,
+    and append it to the step's PYTHONPATH (so the code package stays first)."""
+    for library in libraries:
+        probe = subprocess.run(
+            [python, "-c", _PROBE, *library["modules"]],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if probe.returncode == 0:
+            continue
+        directory = library["dir"]
+        if not os.path.exists(os.path.join(directory, EXTRACTED_MARKER)):
+            archive = directory + ".tgz"
+            _fetch(library["url"], archive)
+            _extract_package(archive, directory)
+            os.unlink(archive)
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, directory])
 
 
 def _upload(item):
@@ -178,6 +205,7 @@ def run(plan):
     python = plan["python"]
     if os.sep not in python:  # e.g. "python3" from the image: resolve it on the sandbox's PATH
         python = shutil.which(python, path=env.get("PATH")) or python
+    _provide_libraries(python, env, plan.get("libraries") or [])
     source = plan.get("log_source", "task")
     logs = plan.get("log_paths") or {}
 

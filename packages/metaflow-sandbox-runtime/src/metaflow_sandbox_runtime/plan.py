@@ -32,6 +32,9 @@ class Plan:
     endpoints: list[dict[str, str]] = field(default_factory=list)
     #: After the step: [{"path": file or directory (sent as .tgz), "url": where to PUT it}].
     uploads: list[dict[str, str]] = field(default_factory=list)
+    #: Offered when the image may lack them: [{"modules": [names], "url": a .tgz, "dir": where to extract}];
+    #: fetched only if the step's Python cannot import every module, then appended to its PYTHONPATH.
+    libraries: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)

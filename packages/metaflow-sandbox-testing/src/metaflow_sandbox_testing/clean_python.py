@@ -12,8 +12,11 @@ from pathlib import Path
 IMAGE_PACKAGES = ("boto3", "requests")
 
 
-def make_clean_python(venv: Path | str, packages: tuple[str, ...] = IMAGE_PACKAGES) -> str:
+def make_clean_python(
+    venv: Path | str, packages: tuple[str, ...] = IMAGE_PACKAGES, *, with_pip: bool = False
+) -> str:
     """Create a venv at `venv` with only `packages` (byte-compiled, as images ship them); return its python.
+    `with_pip`: also pip, as in stock Python images (clients that install packages in the sandbox need it).
 
     Raises if metaflow can be imported from it: metaflow must reach a sandbox through the code package.
     """
@@ -21,13 +24,17 @@ def make_clean_python(venv: Path | str, packages: tuple[str, ...] = IMAGE_PACKAG
     if uv is None:
         raise RuntimeError("uv is needed to build a clean Python environment: pip install uv")
     venv = Path(venv)
-    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, timeout=300)
-    python = str(venv / "bin" / "python")
+    seed = ["--seed"] if with_pip else []
     subprocess.run(
-        [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", python, *packages],
-        check=True,
-        timeout=600,
+        [uv, "venv", "--quiet", *seed, "--python", sys.executable, str(venv)], check=True, timeout=300
     )
+    python = str(venv / "bin" / "python")
+    if packages:
+        subprocess.run(
+            [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", python, *packages],
+            check=True,
+            timeout=600,
+        )
     if subprocess.run([python, "-c", "import metaflow"], capture_output=True).returncode == 0:
         raise RuntimeError(f"{python} can import metaflow; a clean environment must not")
     return python

@@ -1,4 +1,5 @@
-"""`python -m metaflow_sandbox_testing.daytona_emulator --port N [--api-key K] [--python PATH] [--faults JSON]`
+"""`python -m metaflow_sandbox_testing.daytona_emulator --port N [--api-key K] [--python PATH] [--host-path DIR]
+[--faults JSON]`
 
 Prints the API URL (use it as DAYTONA_API_URL) on its first line of output, then serves until SIGTERM/SIGINT.
 """
@@ -25,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--state-dir", default=None, help="where sandbox directories live (default: a temp dir)"
     )
+    parser.add_argument(
+        "--host-path",
+        action="append",
+        default=[],
+        help="an absolute directory (e.g. /tmp) the file API may reach besides each sandbox's home (repeatable)",
+    )
     parser.add_argument("--faults", default=None, help="initial fault knobs as a JSON object")
     args = parser.parse_args(argv)
     faults = json.loads(args.faults) if args.faults else None
@@ -40,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             python=args.python,
             state_dir=args.state_dir,
             faults=faults,
+            host_paths=args.host_path,
             on_ready=ready,
         )
     )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shlex
 import shutil
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +16,7 @@ from aiohttp import web
 from . import admin, api, toolbox
 from .envelope import SOURCE_PROXY, EmulatorError, error_response
 from .faults import Faults
+from .image import Image
 from .sandboxes import Registry
 
 log = logging.getLogger("metaflow_sandbox_testing.daytona_emulator")
@@ -62,16 +62,6 @@ def _middleware(api_key: str | None) -> Any:
     return middleware
 
 
-def python_shims(bin_dir: str, python: str) -> None:
-    """`python3` and `python` on the sandboxes' PATH run `python` (wrappers, so a venv stays a venv)."""
-    os.makedirs(bin_dir, exist_ok=True)
-    for name in ("python3", "python"):
-        path = os.path.join(bin_dir, name)
-        with open(path, "w", encoding="utf-8") as shim:
-            shim.write(f'#!/bin/sh\nexec {shlex.quote(python)} "$@"\n')
-        os.chmod(path, 0o755)
-
-
 def make_app(registry: Registry, api_key: str | None) -> web.Application:
     app = web.Application(middlewares=[_middleware(api_key)], client_max_size=1024**4)
     app["registry"] = registry
@@ -89,19 +79,27 @@ async def serve(
     python: str | None = None,
     state_dir: str | None = None,
     faults: Mapping[str, Any] | None = None,
+    host_paths: Sequence[str] = (),
     on_ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT); then kill every sandbox's processes and remove them."""
+    """Run until `stop` is set (or SIGTERM/SIGINT); then kill every sandbox's processes and remove them.
+
+    `host_paths`: absolute directories (e.g. `/tmp`) the file API may reach outside a sandbox's home, as the
+    sandbox's commands see them — for clients that write to a sandbox's `/tmp` (the emulator isolates nothing).
+    """
     own_root = state_dir is None
     root = state_dir or tempfile.mkdtemp(prefix="daytona-emulator-")
     sandboxes_dir = os.path.join(root, "sandboxes")
     os.makedirs(sandboxes_dir, exist_ok=True)
-    bin_dir = None
-    if python:
-        bin_dir = os.path.join(root, "bin")
-        python_shims(bin_dir, python)
-    registry = Registry(sandboxes_dir, toolbox_url="", faults=Faults().update(faults or {}), bin_dir=bin_dir)
+    image = Image.probe(python) if python else None
+    registry = Registry(
+        sandboxes_dir,
+        toolbox_url="",
+        faults=Faults().update(faults or {}),
+        image=image,
+        host_paths=host_paths,
+    )
     runner = web.AppRunner(
         make_app(registry, api_key), access_log=None, handle_signals=False, shutdown_timeout=5.0
     )

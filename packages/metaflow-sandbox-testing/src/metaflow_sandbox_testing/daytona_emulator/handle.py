@@ -48,6 +48,7 @@ class DaytonaEmulator:
     `api_key`: the only accepted Bearer key (None: any key). `python`: the interpreter sandboxes get as
     `python3`/`python` (default: whatever `/usr/local/bin:/usr/bin:/bin` has). `faults`: initial fault knobs
     (see `faults.Faults`). `state_dir`: where sandbox directories live (default: a temporary directory).
+    `host_paths`: directories (e.g. `/tmp`) the file API may reach besides each sandbox's home.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class DaytonaEmulator:
         port: int = 0,
         faults: Mapping[str, Any] | None = None,
         state_dir: str | None = None,
+        host_paths: tuple[str, ...] = (),
         startup_timeout: float = 30.0,
     ):
         self.api_key = api_key
@@ -65,6 +67,7 @@ class DaytonaEmulator:
         self.port = port
         self.initial_faults = dict(faults or {})
         self.state_dir = state_dir
+        self.host_paths = host_paths
         self.startup_timeout = startup_timeout
         self.url = ""  # http://127.0.0.1:<port>/api once started
         self.base_url = ""
@@ -86,6 +89,8 @@ class DaytonaEmulator:
             command += ["--python", self.python]
         if self.state_dir is not None:
             command += ["--state-dir", self.state_dir]
+        for path in self.host_paths:
+            command += ["--host-path", path]
         if self.initial_faults:
             command += ["--faults", json.dumps(self.initial_faults)]
         # The emulator never needs the caller's Daytona settings (nor passes anything on to sandboxes).

@@ -1,28 +1,32 @@
 """Emulated sandboxes: records, their state machine, DTOs, and running commands in a clean environment.
 
 A sandbox is a private host directory `<root>/<id>/` whose `home/` is the sandbox's home and working
-directory (reported to the SDK as an absolute host path) and whose `logs/` holds command logs. Commands run
-as local processes with only PATH, HOME, LANG, the sandbox's env and the command's own settings.
+directory (reported to the SDK as an absolute host path), whose `logs/` holds command logs and whose `python/`
+is its own environment over the image (see `image`). Commands run as local processes with only PATH, HOME,
+LANG, the sandbox's env and the command's own settings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from .commands import Command, Session
 from .envelope import SOURCE_DAEMON, SOURCE_PROXY, EmulatorError
 from .faults import Faults
+from .image import Image, login_profile
 
 ORGANIZATION_ID = "emulator-organization"
 DEFAULT_SIZES = {"cpu": 1, "memory": 1, "disk": 3, "gpu": 0}
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+TRASH_BATCH = 64  # deleted sandboxes' directories removed together
 
 
 def _iso(timestamp: float) -> str:
@@ -67,6 +71,10 @@ class EmulatedSandbox:
         self.log_dir = os.path.join(self.root, "logs")
         os.makedirs(self.home, mode=0o700)
         os.makedirs(self.log_dir, mode=0o700)
+        self.bin_dir: str | None = None
+        if registry.image is not None:
+            self.bin_dir = registry.image.install(os.path.join(self.root, "python"))
+            login_profile(self.home, self.bin_dir)
         self.sessions: dict[str, Session] = {}
         self._timers: list[asyncio.TimerHandle] = []
 
@@ -181,7 +189,7 @@ class EmulatedSandbox:
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The clean environment of a command: nothing from the emulator's own environment."""
-        path = f"{self.registry.bin_dir}:{SYSTEM_PATH}" if self.registry.bin_dir else SYSTEM_PATH
+        path = f"{self.bin_dir}:{SYSTEM_PATH}" if self.bin_dir else SYSTEM_PATH
         return {"PATH": path, "HOME": self.home, "LANG": "C.UTF-8", **self.env, **(extra or {})}
 
     async def run(
@@ -208,14 +216,16 @@ class EmulatedSandbox:
     # -- files ----------------------------------------------------------------------------------------
 
     def resolve(self, path: str) -> str:
-        """The host path of a sandbox path: relative to home, or absolute inside home. Anything else is refused."""
+        """The host path of a sandbox path: relative to home, absolute inside home or inside one of the
+        registry's `host_paths`. Anything else is refused."""
         if "\0" in path or not path:
             raise EmulatorError(400, f"invalid path {path!r}", code="INVALID_FILE_PATH", source=SOURCE_DAEMON)
         target = os.path.normpath(path if os.path.isabs(path) else os.path.join(self.home, path))
         home = os.path.realpath(self.home)
         # Resolve symlinks of the existing part, so a link made inside cannot lead outside.
         resolved = os.path.realpath(target)
-        if not (resolved == home or resolved.startswith(home + os.sep)):
+        allowed = [home, *self.registry.host_paths]
+        if not any(resolved == root or resolved.startswith(root + os.sep) for root in allowed):
             raise EmulatorError(
                 403,
                 f"path {path!r} is outside the sandbox's home {self.home!r}",
@@ -239,11 +249,20 @@ class EmulatedSandbox:
 class Registry:
     """All live sandboxes of one emulator."""
 
-    def __init__(self, root: str, toolbox_url: str, faults: Faults, bin_dir: str | None):
+    def __init__(
+        self,
+        root: str,
+        toolbox_url: str,
+        faults: Faults,
+        image: Image | None,
+        host_paths: Sequence[str] = (),
+    ):
         self.root = root
+        self.trash = os.path.join(root, ".trash")
+        self.host_paths = [os.path.realpath(path) for path in host_paths]
         self.toolbox_url = toolbox_url
         self.faults = faults
-        self.bin_dir = bin_dir
+        self.image = image
         self.sandboxes: dict[str, EmulatedSandbox] = {}
         self.names: dict[str, str] = {}
         self.cleanups: set[asyncio.Future[None]] = set()
@@ -305,10 +324,21 @@ class Registry:
         task.add_done_callback(self.cleanups.discard)
 
     async def _remove(self, sandbox: EmulatedSandbox, running: list[Command]) -> None:
-        """Once its killed commands have ended (their followers have everything), remove the directory."""
+        """Once its killed commands have ended (their followers have everything), move the directory to the
+        trash; the trash is emptied in batches, so deleting thousands of files does not slow down the
+        sandboxes still working on this machine after every delete (a real sandbox's disk is elsewhere)."""
         if running:
             await asyncio.wait([asyncio.ensure_future(c.finished.wait()) for c in running], timeout=10)
-        await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, sandbox.root, True)
+        os.makedirs(self.trash, exist_ok=True)
+        os.rename(sandbox.root, os.path.join(self.trash, sandbox.id))
+        if len(os.listdir(self.trash)) >= TRASH_BATCH:
+            await self.empty_trash()
+
+    async def empty_trash(self) -> None:
+        batch = os.path.join(self.root, f".trash-{uuid.uuid4().hex}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.trash, batch)
+            await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, batch, True)
 
     async def kill(self, sandbox: EmulatedSandbox, reason: str) -> None:
         """A sandbox that dies under its commands (fault `kill_after` or the admin API)."""

@@ -6,6 +6,7 @@ import compileall
 import fcntl
 import os
 import shutil
+import sys
 import tarfile
 
 READY_MARKER = ".metaflow-sandbox-ready"
@@ -38,3 +39,25 @@ def ensure_extracted(archive: str, sha: str, cache_dir: str) -> str:
         os.replace(partial, dest)
         open(os.path.join(dest, READY_MARKER), "w").close()
     return dest
+
+
+def compiled_archive(cache_dir: str, sha: str) -> str:
+    """A .tgz of the extracted, byte-compiled package (built once per sha), for sandboxes that cannot mount it.
+
+    A sandbox whose Python has the launcher's cache tag (e.g. cpython-311) imports from these `.pyc` files
+    instead of compiling metaflow and the flow in every task; any other Python ignores them.
+    """
+    source = extracted_package_dir(cache_dir, sha)
+    archive = f"{source}-{sys.implementation.cache_tag}.tgz"
+    if os.path.exists(archive):
+        return archive
+    with open(source + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(archive):
+            partial = f"{archive}.partial"
+            with tarfile.open(partial, "w:gz", compresslevel=3) as tar:
+                for name in sorted(os.listdir(source)):
+                    if name != READY_MARKER:
+                        tar.add(os.path.join(source, name), arcname=name)
+            os.replace(partial, archive)
+    return archive

@@ -9,11 +9,13 @@ Either way, the relay then accepts only what belongs to the launched task.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from metaflow_sandbox_core import Backend, ConfigError, Mount, NetworkPolicy
 from metaflow_sandbox_relay import (
@@ -29,11 +31,17 @@ from metaflow_sandbox_relay import (
     replay_to_service,
 )
 
-from .code_package import ensure_extracted
+from .client_libraries import MODULES as CLIENT_MODULES
+from .client_libraries import client_bundle
+from .code_package import compiled_archive, ensure_extracted
 from .task_launch import TaskLaunch
+
+if TYPE_CHECKING:
+    from .s3_access import S3Location
 
 SANDBOX_SUBDIR = "metaflow-sandbox"  # below the sandbox's workdir: bootstrap, plan, package, logs, metadata
 MAX_METADATA_ARCHIVE = 64 << 20
+PACKAGES_PREFIX = ".sandbox-packages"  # below the datastore root: compiled code packages, client bundles
 
 
 class Channel:
@@ -71,6 +79,10 @@ class Channel:
         raise NotImplementedError
 
     def uploads(self) -> list[dict[str, str]]:
+        return []
+
+    def libraries(self) -> list[dict]:
+        """Plan `libraries`: bundles offered to an image that may lack them."""
         return []
 
     def endpoints(self) -> list[dict[str, str]]:
@@ -178,22 +190,44 @@ class S3Channel(Channel):
         launch = self.launch
         self.package_dir: str | None = None
         self.package_url: str | None = None
+        self.client_url: str | None = None
+        # Fetched once per package by the launcher, extracted and byte-compiled.
+        archive = os.path.join(launch.cache_dir, "packages", launch.package_sha + ".tgz")
+        if not os.path.exists(archive):
+            partial = f"{archive}.{os.getpid()}.partial"
+            self.s3.download(self.package_location, partial)
+            os.replace(partial, archive)
+        package_dir = ensure_extracted(archive, launch.package_sha, launch.cache_dir)
         if self.backend.capabilities.can_mount:
-            # Fetched once per package by the launcher, extracted and byte-compiled, then mounted.
-            archive = os.path.join(launch.cache_dir, "packages", launch.package_sha + ".tgz")
-            if not os.path.exists(archive):
-                partial = f"{archive}.{os.getpid()}.partial"
-                self.s3.download(self.package_location, partial)
-                os.replace(partial, archive)
-            self.package_dir = ensure_extracted(archive, launch.package_sha, launch.cache_dir)
+            self.package_dir = package_dir  # mounted read-only
         else:
-            # No credential needed: a presigned URL that expires with the task.
-            self.package_url = self.s3.presigned_get(self.package_location, self.lifetime)
+            # The compiled copy, stored once next to the datastore; fetched through a presigned URL that
+            # expires with the task (no credential needed in the sandbox).
+            compiled = compiled_archive(launch.cache_dir, launch.package_sha)
+            self.package_url = self.s3.presigned_get(self._publish(compiled), self.lifetime)
+            self.client_url = self.s3.presigned_get(
+                self._publish(client_bundle(launch.cache_dir)), self.lifetime
+            )
         policy = task_policy(self.s3.root, launch.flow, self.staging_root)
         name = f"mfsb-{launch.task_id}-{launch.attempt}"[:32]
         self.credentials = self.s3.sandbox_credentials(
             launch.s3_credentials, policy, self.lifetime, name, self.say
         )
+
+    def _publish(self, archive: str) -> S3Location:
+        """Store a launcher-built, content-named archive under the datastore root, once per machine."""
+        location = self.s3.root.child(PACKAGES_PREFIX, os.path.basename(archive))
+        uploaded = f"{archive}.{hashlib.sha1(location.url.encode()).hexdigest()[:16]}.uploaded"
+        if not os.path.exists(uploaded):
+            if not self.s3.exists(location):
+                self.s3.upload(archive, location)
+            open(uploaded, "w").close()
+        return location
+
+    def libraries(self) -> list[dict]:
+        if self.client_url is None:
+            return []  # the backend runs the launcher's (or the configured) Python, which has them
+        return [{"modules": list(CLIENT_MODULES), "url": self.client_url, "dir": f"{self.base}/libraries"}]
 
     def package(self) -> tuple[dict[str, str | None], list[Mount]]:
         if self.package_dir is not None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -82,6 +83,7 @@ class TaskExecutor:
         try:
             try:
                 backend = load_backend(self.launch.backend)
+                threading.Thread(target=backend.preload, name="preload", daemon=True).start()
                 os.makedirs(self.staging, mode=0o700)
                 channel = channel_for(self.launch, backend, self.staging, self.say)
                 channel.prepare()
@@ -159,6 +161,7 @@ class TaskExecutor:
             log_paths=channel.log_paths(),
             endpoints=channel.endpoints(),
             uploads=channel.uploads(),
+            libraries=channel.libraries(),
         )
 
     def _run_in_sandbox(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> int:

@@ -100,6 +100,20 @@ class S3Access:
             )
         )
 
+    def exists(self, location: S3Location) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=location.bucket, Key=location.key)
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def upload(self, path: str, location: S3Location) -> None:
+        self.client.upload_file(path, location.bucket, location.key)
+
     def download(self, location: S3Location, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.client.download_file(location.bucket, location.key, path)
