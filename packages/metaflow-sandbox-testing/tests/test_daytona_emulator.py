@@ -153,7 +153,9 @@ def test_home_dir_clean_environment_and_image_python(emulator: DaytonaEmulator, 
     drive(emulator, scenario)
 
 
-def test_each_sandbox_has_its_own_copy_of_the_image_and_login_shells_find_it(emulator: DaytonaEmulator) -> None:
+def test_each_sandbox_has_its_own_copy_of_the_image_and_login_shells_find_it(
+    emulator: DaytonaEmulator,
+) -> None:
     """What one sandbox installs into its Python is gone for the next; `bash -lc` finds python3 and pip."""
     install = "python3 -c \"import site; open(site.getsitepackages()[0] + '/planted.py', 'w').write('')\""
     probe = "python3 -c 'import planted' 2>/dev/null && echo found || echo missing"
