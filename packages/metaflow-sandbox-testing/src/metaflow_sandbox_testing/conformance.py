@@ -183,17 +183,17 @@ class BackendConformance:
     def test_binary_upload_download_round_trip(self, sandbox: Sandbox) -> None:
         data = os.urandom(10 * 1024 * 1024 + 7)
         digest = hashlib.sha256(data).hexdigest()
-        sandbox.upload(data, "/tmp/conformance/nested/blob.bin")
-        inside = run_captured(sandbox, ["sha256sum", "/tmp/conformance/nested/blob.bin"])
+        path = f"{sandbox.workdir}/conformance/nested/blob.bin"  # the contract promises paths under workdir
+        sandbox.upload(data, path)
+        inside = run_captured(sandbox, ["sha256sum", path])
         assert inside.code == 0
         assert inside.output("stdout").split()[0].decode() == digest, "the sandbox sees different bytes"
-        assert hashlib.sha256(sandbox.download("/tmp/conformance/nested/blob.bin")).hexdigest() == digest
+        assert hashlib.sha256(sandbox.download(path)).hexdigest() == digest
 
     def test_file_written_by_command_is_downloadable(self, sandbox: Sandbox) -> None:
-        assert (
-            sandbox.run(sh("printf 'made inside\\n\\000\\377' > /tmp/made.bin"), timeout=COMMAND_TIMEOUT) == 0
-        )
-        assert sandbox.download("/tmp/made.bin") == b"made inside\n\x00\xff"
+        path = f"{sandbox.workdir}/made.bin"
+        assert sandbox.run(sh(f"printf 'made inside\\n\\000\\377' > {path}"), timeout=COMMAND_TIMEOUT) == 0
+        assert sandbox.download(path) == b"made inside\n\x00\xff"
 
     # -- environment --------------------------------------------------------------------------------
 
