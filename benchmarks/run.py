@@ -272,7 +272,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
-        "--no-predecessor", action="store_true", help="skip P7 (it installs metaflow-sandbox==0.1.1 from PyPI)"
+        "--no-predecessor",
+        action="store_true",
+        help="skip P7 (it installs metaflow-sandbox==0.1.1 from PyPI)",
     )
     args = parser.parse_args()
     root, env = workspace()
