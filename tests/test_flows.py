@@ -19,6 +19,8 @@ def latest(project: Project, flow: str, expr: str) -> object:
 
 
 def test_artifacts_flow_both_ways_and_logs_exactly_once(project: Project):
+    with open(os.path.join(project.env["HOME"], "launcher-home-marker"), "w") as marker:
+        marker.write("the launcher's home")
     project.run("artifacts_flow.py", "run", MFS_TEST_SECRET_TOKEN="canary-value")
     data = latest(
         project,
@@ -36,7 +38,9 @@ def test_artifacts_flow_both_ways_and_logs_exactly_once(project: Project):
     assert data["text"] == "hello from the sandbox"
     assert data["mapping"] == {"a": [1, 2], "b": {"c": "d"}, "seen": True}
     assert data["blob"] == 20 * 1024 * 1024
-    assert set(data["home"]) <= {"metaflow-sandbox"}, "the sandbox must not see the user's home"
+    # Only the extension's directory and the image's own login profile (the Daytona emulator's image has one).
+    assert set(data["home"]) <= {"metaflow-sandbox", ".profile"}, "the sandbox must not see the user's home"
+    assert not set(data["home"]) & set(os.listdir(project.env["HOME"])), "the user's home is visible"
     assert data["leaked"] == {}, "host environment leaked into the sandbox"
     assert data["stdout"].count("sandboxed stdout line") == 1
     assert data["stderr"].count("sandboxed stderr line") == 1
