@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from metaflow_sandbox_bubblewrap.command import (
@@ -12,7 +14,7 @@ from metaflow_sandbox_bubblewrap.command import (
     build_env,
     validate_argv,
 )
-from metaflow_sandbox_bubblewrap.layout import Bind, SandboxLayout, mount_binds
+from metaflow_sandbox_bubblewrap.layout import Bind, SandboxLayout, SandboxUser, mount_binds
 from metaflow_sandbox_core import ConfigError, Mount, NetworkPolicy
 
 HOST = HostSystem(
@@ -31,6 +33,26 @@ def build(
     )
 
 
+def test_root_launcher_drops_to_an_unprivileged_host_user() -> None:
+    """No user namespace (its uid 0 would be host root inside): setpriv drops to the sandbox's own host uid."""
+    user = SandboxUser.for_sandbox("bwrap-00000000000000ff") if os.geteuid() == 0 else None
+    user = user or SandboxUser(2_000_000_255, 2_000_000_255, drop_from_root=True)
+    binds = (*LAYOUT.identity_binds(), *LAYOUT.private_binds())
+    argv = build_bwrap_argv(
+        "/usr/bin/bwrap", host=HOST, network=NetworkPolicy.NONE, binds=binds, argv=["id"], cwd="/", user=user
+    )
+    assert "--unshare-user" not in argv and "--uid" not in argv
+    assert "--unshare-net" in argv and "--unshare-pid" in argv
+    assert argv[argv.index("--") + 1 :] == [
+        "/usr/bin/setpriv", "--reuid=2000000255", "--regid=2000000255", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", "id",
+    ]  # fmt: skip
+    shared = build_bwrap_argv(
+        "/usr/bin/bwrap", host=HOST, network=NetworkPolicy.FULL, binds=binds, argv=["id"], cwd="/", user=user
+    )
+    assert "--unshare-net" not in shared and "--share-net" not in shared
+
+
 def pairs(argv: list[str], flag: str, arity: int = 2) -> list[tuple[str, ...]]:
     """Every occurrence of `flag` with its `arity` arguments."""
     return [tuple(argv[i + 1 : i + 1 + arity]) for i, arg in enumerate(argv) if arg == flag]
@@ -45,12 +67,14 @@ def test_exact_shape() -> None:
         "--ro-bind", "/usr", "/usr",
         "--symlink", "usr/bin", "/bin",
         "--ro-bind", "/lib64", "/lib64",
+        "--perms", "0755", "--dir", "/etc",
         "--ro-bind", "/etc/ssl", "/etc/ssl",
         "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf",
-        "--proc", "/proc", "--dev", "/dev",
+        "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev",
         "--ro-bind", f"{LAYOUT.host_dir}/etc/passwd", "/etc/passwd",
         "--ro-bind", f"{LAYOUT.host_dir}/etc/group", "/etc/group",
         "--bind", f"{LAYOUT.host_dir}/tmp", "/tmp",
+        "--perms", "0755", "--dir", "/home",
         "--bind", f"{LAYOUT.host_dir}/home", "/home/sandbox",
         "--bind", f"{LAYOUT.host_dir}/work", "/sandbox",
         "--remount-ro", "/",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,10 +56,70 @@ def test_runs_as_unprivileged_user_and_files_belong_to_the_caller(
     _, output = shell(
         sandbox, "id -u; id -g; echo made > /sandbox/made.txt; touch /usr/x 2>/dev/null || echo ro-usr"
     )
-    assert output.split() == ["1000", "1000", "ro-usr"]
+    user = sandbox.user
+    assert output.split() == [str(user.uid), str(user.gid), "ro-usr"]
     host_file = Path(sandbox.layout.host_dir) / "work" / "made.txt"
-    assert host_file.stat().st_uid == os.getuid()
+    if os.geteuid() == 0:  # a root launcher's sandbox is an unprivileged host user of its own
+        assert user.drop_from_root and user.uid >= 2_000_000_000
+        assert host_file.stat().st_uid == user.uid
+    else:  # a user namespace maps the sandbox user onto the launcher
+        assert user.uid == 1000 and host_file.stat().st_uid == os.getuid()
     assert sandbox.download("/sandbox/made.txt") == b"made\n"
+
+
+def test_sandbox_holds_no_privileges_even_when_the_launcher_is_root(
+    create_bubblewrap: CreateSandbox, shell: Shell
+) -> None:
+    """No capabilities, no_new_privs, and the kernel's settings read-only (a root launcher's red-team finding:
+    /proc/sys was writable, e.g. kernel.core_pattern)."""
+    _, output = shell(
+        create_bubblewrap(),
+        "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status; "
+        "v=$(cat /proc/sys/vm/swappiness); (echo $v > /proc/sys/vm/swappiness) 2>/dev/null && echo WROTE-SYSCTL; "
+        "test -w /proc/sys/kernel/core_pattern && echo CORE-PATTERN-WRITABLE; "
+        "grep ' /proc/sys ' /proc/self/mountinfo | grep -c ' ro,'",
+    )
+    fields = dict(line.split(":\t") for line in output.splitlines() if ":\t" in line)
+    assert fields == {
+        "CapEff": "0000000000000000",
+        "CapPrm": "0000000000000000",
+        "CapBnd": "0000000000000000",
+        "NoNewPrivs": "1",
+    }, output
+    assert "WROTE-SYSCTL" not in output and "CORE-PATTERN-WRITABLE" not in output
+    assert output.splitlines()[-1] == "1", output  # /proc/sys is a read-only mount
+
+
+def test_the_launchers_session_keyring_is_out_of_reach(tmp_path: Path) -> None:
+    """A key in the launcher's session keyring (Kerberos caches, keyctl tokens) is not visible inside."""
+    script = tmp_path / "keyring_probe.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import ctypes, platform
+            from metaflow_sandbox_bubblewrap import BubblewrapBackend
+            from metaflow_sandbox_bubblewrap.keyring import KEYCTL_SYSCALL
+            from metaflow_sandbox_core import SandboxSpec
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            keyctl = KEYCTL_SYSCALL[platform.machine()]
+            add_key = {"x86_64": 248, "aarch64": 217, "riscv64": 217}[platform.machine()]
+            assert libc.syscall(keyctl, 1, None) > 0  # this process: a new session keyring
+            assert libc.syscall(add_key, b"user", b"mfsb-canary", b"canary-payload", 14, ctypes.c_long(-3)) > 0
+            assert "mfsb-canary" in open("/proc/keys").read()
+            sandbox = BubblewrapBackend().create(SandboxSpec())
+            try:
+                out = []
+                sandbox.run(["sh", "-c", "cat /proc/keys; echo end"], on_output=lambda s, line: out.append(line))
+                print(b"".join(out).decode())
+            finally:
+                sandbox.destroy()
+            """
+        )
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "end" in result.stdout and "mfsb-canary" not in result.stdout, result.stdout
 
 
 def test_root_filesystem_is_read_only_outside_private_dirs(

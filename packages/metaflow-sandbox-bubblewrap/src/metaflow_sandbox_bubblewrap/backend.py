@@ -20,6 +20,7 @@ from metaflow_sandbox_core import (
 
 from .cgroups import CGROUP_PREFIX, find_cgroup_dirs, remove_cgroup_dirs
 from .host import detect_host_system
+from .layout import SandboxUser
 from .limits import SandboxLimits, apply_limits, reject_unsupported
 from .probe import check_bubblewrap
 from .processes import kill_recorded
@@ -69,19 +70,29 @@ class BubblewrapBackend(Backend):
         self.state.ensure()
         sandbox_id = self.state.new_id()
         layout = self.state.layout(sandbox_id)
-        layout.create()
+        user = SandboxUser.for_sandbox(sandbox_id)
+        layout.create(user)
         limits: SandboxLimits | None = None
         try:
             limits = apply_limits(spec, cgroup_name=CGROUP_PREFIX + sandbox_id, seed=int(sandbox_id[-8:], 16))
             record = SandboxRecord(sandbox_id, dict(spec.labels), time.time(), cgroups=limits.cgroup.dirs)
             record.save(layout.record_file)
+            for mount in spec.mounts:
+                if not mount.read_only and os.path.isdir(mount.host_path):
+                    user.give(mount.host_path)  # a writable mount is the sandbox user's to write
         except BaseException:
             if limits is not None:
                 limits.release()
             remove_tree(layout.host_dir)
             raise
         return BubblewrapSandbox(
-            record=record, spec=spec, layout=layout, bwrap=bwrap, host=detect_host_system(), limits=limits
+            record=record,
+            spec=spec,
+            layout=layout,
+            bwrap=bwrap,
+            host=detect_host_system(),
+            limits=limits,
+            user=user,
         )
 
     def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from metaflow_sandbox_core import ConfigError, NetworkPolicy
 
-from .layout import SANDBOX_GID, SANDBOX_HOME, SANDBOX_HOSTNAME, SANDBOX_TMP, SANDBOX_UID, Bind
+from .layout import NAMESPACED_USER, SANDBOX_HOME, SANDBOX_HOSTNAME, SANDBOX_TMP, Bind, SandboxUser
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -31,33 +31,84 @@ class HostSystem:
     etc_entries: tuple[str, ...]
 
 
-def namespace_args(network: NetworkPolicy) -> list[str]:
-    """New namespaces for everything (the network too unless the policy needs the host's), an unprivileged
-    user inside, and a sandbox that dies with its launcher and has no controlling terminal."""
-    args = ["--unshare-all", "--unshare-user", "--unshare-pid"]
-    if network is not NetworkPolicy.NONE:
-        args.append("--share-net")
-    args += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--hostname", SANDBOX_HOSTNAME]
-    return [*args, "--die-with-parent", "--new-session"]
+#: Where `setpriv` (util-linux) is, on the host and so inside the sandbox (the host's /usr is bound read-only).
+SETPRIV = "/usr/bin/setpriv"
 
 
-def system_args(host: HostSystem) -> list[str]:
-    """The host's system directories and selected /etc entries, read-only, plus fresh /proc and /dev."""
+def namespace_args(network: NetworkPolicy, user: SandboxUser = NAMESPACED_USER) -> list[str]:
+    """New namespaces for everything (the network too unless the policy needs the host's) and a sandbox that
+    dies with its launcher and has no controlling terminal. An unprivileged launcher adds a user namespace
+    with the sandbox user inside; a root launcher makes none (see `SandboxUser`) and drops privileges instead
+    (`privilege_drop`)."""
+    if user.drop_from_root:
+        args = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        if network is NetworkPolicy.NONE:
+            args.append("--unshare-net")
+    else:
+        args = ["--unshare-all", "--unshare-user", "--unshare-pid"]
+        if network is not NetworkPolicy.NONE:
+            args.append("--share-net")
+        args += ["--uid", str(user.uid), "--gid", str(user.gid)]
+    return [*args, "--hostname", SANDBOX_HOSTNAME, "--die-with-parent", "--new-session"]
+
+
+def privilege_drop(user: SandboxUser) -> list[str]:
+    """The argv prefix that turns a root launcher's sandbox process into the sandbox's unprivileged host user:
+    no supplementary groups, no capabilities (none inheritable, an empty bounding set), no_new_privs (setuid
+    binaries in the sandbox gain nothing)."""
+    if not user.drop_from_root:
+        return []
+    return [
+        SETPRIV,
+        f"--reuid={user.uid}",
+        f"--regid={user.gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
+
+
+def _parent_dirs(path: str, made: set[str]) -> list[str]:
+    """`--dir` operations (mode 0755) for the missing ancestors of `path`: bwrap would otherwise create them
+    0700 and owned by the launcher, which a root launcher's sandbox user cannot enter."""
+    args: list[str] = []
+    parts = path.strip("/").split("/")[:-1]
+    for depth in range(1, len(parts) + 1):
+        ancestor = "/" + "/".join(parts[:depth])
+        if ancestor not in made:
+            made.add(ancestor)
+            args += ["--perms", "0755", "--dir", ancestor]
+    return args
+
+
+def system_args(host: HostSystem, made: set[str] | None = None) -> list[str]:
+    """The host's system directories and selected /etc entries, read-only, plus fresh /proc (its kernel
+    settings under /proc/sys read-only, whoever the sandbox user is) and /dev. `made` collects the
+    directories that exist in the sandbox afterwards."""
+    made = set() if made is None else made
     args: list[str] = []
     for system_dir in host.system_dirs:
         if system_dir.symlink_target is not None:
             args += ["--symlink", system_dir.symlink_target, system_dir.path]
         else:
             args += ["--ro-bind", system_dir.path, system_dir.path]
+        made.add(system_dir.path)
     for entry in host.etc_entries:
-        args += ["--ro-bind", entry, entry]
-    return [*args, "--proc", "/proc", "--dev", "/dev"]
+        args += [*_parent_dirs(entry, made), "--ro-bind", entry, entry]
+        made.add(entry)
+    made.update(("/proc", "/proc/sys", "/dev"))
+    return [*args, "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
 
 
-def bind_args(binds: Sequence[Bind]) -> list[str]:
+def bind_args(binds: Sequence[Bind], made: set[str] | None = None) -> list[str]:
+    made = set() if made is None else made
     args: list[str] = []
     for bind in binds:
+        args += _parent_dirs(bind.sandbox_path, made)
         args += ["--ro-bind" if bind.read_only else "--bind", bind.host_path, bind.sandbox_path]
+        made.add(bind.sandbox_path)
     return args
 
 
@@ -69,22 +120,25 @@ def build_bwrap_argv(
     binds: Sequence[Bind],
     argv: Sequence[str],
     cwd: str,
+    user: SandboxUser = NAMESPACED_USER,
 ) -> list[str]:
     """The full command line that runs `argv` in a sandbox.
 
     `binds` are applied in order after the system directories (private dirs first, then user mounts,
     so a mount inside /tmp lands on top of the private /tmp). The root is then made read-only.
     """
+    made: set[str] = set()
     return [
         bwrap,
-        *namespace_args(network),
-        *system_args(host),
-        *bind_args(binds),
+        *namespace_args(network, user),
+        *system_args(host, made),
+        *bind_args(binds, made),
         "--remount-ro",
         "/",
         "--chdir",
         cwd,
         "--",
+        *privilege_drop(user),
         *argv,
     ]
 

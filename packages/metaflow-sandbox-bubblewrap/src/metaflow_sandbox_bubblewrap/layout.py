@@ -10,20 +10,63 @@ from dataclasses import dataclass
 from metaflow_sandbox_core import ConfigError, Mount
 
 SANDBOX_USER = "sandbox"
+#: The sandbox user's ids inside a user namespace (an unprivileged launcher: they map onto the launcher's own).
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
+#: A root launcher runs each sandbox as its own unprivileged host uid/gid from this range (not in /etc/passwd).
+HOST_ID_BASE = 2_000_000_000
+HOST_ID_COUNT = 1 << 20
 SANDBOX_HOSTNAME = "sandbox"
 SANDBOX_HOME = "/home/sandbox"
 SANDBOX_TMP = "/tmp"
 #: The default working directory of commands.
 SANDBOX_WORKDIR = "/sandbox"
 
-PASSWD = (
-    "root:x:0:0:root:/root:/usr/sbin/nologin\n"
-    f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_GID}:{SANDBOX_USER}:{SANDBOX_HOME}:/bin/sh\n"
-    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-)
-GROUP = f"root:x:0:\n{SANDBOX_USER}:x:{SANDBOX_GID}:\nnogroup:x:65534:\n"
+
+@dataclass(frozen=True)
+class SandboxUser:
+    """Who sandboxed code runs as.
+
+    An unprivileged launcher: bwrap makes a user namespace in which the sandbox user (1000) is the launcher's
+    own uid. A root launcher: no user namespace (its uid 0 would be host root inside); bwrap sets up the
+    mounts as root and `setpriv` then drops to an unprivileged host uid/gid of the sandbox's own, with no
+    capabilities and no_new_privs, before any sandboxed code runs.
+    """
+
+    uid: int
+    gid: int
+    drop_from_root: bool
+
+    @classmethod
+    def for_sandbox(cls, sandbox_id: str) -> SandboxUser:
+        if os.geteuid() != 0:
+            return cls(SANDBOX_UID, SANDBOX_GID, drop_from_root=False)
+        host_id = HOST_ID_BASE + int(sandbox_id[-8:], 16) % HOST_ID_COUNT
+        return cls(host_id, host_id, drop_from_root=True)
+
+    def passwd(self) -> str:
+        return (
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"{SANDBOX_USER}:x:{self.uid}:{self.gid}:{SANDBOX_USER}:{SANDBOX_HOME}:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        )
+
+    def group(self) -> str:
+        return f"root:x:0:\n{SANDBOX_USER}:x:{self.gid}:\nnogroup:x:65534:\n"
+
+    def give(self, path: str | int) -> None:
+        """Make `path` (or an open file descriptor; created by the launcher) the sandbox user's, when that is
+        another host user."""
+        if not self.drop_from_root:
+            return
+        if isinstance(path, int):
+            os.fchown(path, self.uid, self.gid)
+        else:
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+
+
+#: The sandbox user of an unprivileged launcher (what tests of the argv shape use).
+NAMESPACED_USER = SandboxUser(SANDBOX_UID, SANDBOX_GID, drop_from_root=False)
 
 
 @dataclass(frozen=True)
@@ -72,13 +115,15 @@ class SandboxLayout:
             Bind(self.group_file, "/etc/group", read_only=True),
         )
 
-    def create(self) -> None:
-        """Make the directory tree (private to the caller) and write the identity files."""
+    def create(self, user: SandboxUser = NAMESPACED_USER) -> None:
+        """Make the directory tree (private to the caller; the writable directories the sandbox user's) and
+        write the identity files."""
         os.mkdir(self.host_dir, 0o700)
         os.mkdir(os.path.join(self.host_dir, "etc"), 0o755)
         for bind in self.private_binds():
-            os.mkdir(bind.host_path, 0o755)
-        for path, text in ((self.passwd_file, PASSWD), (self.group_file, GROUP)):
+            os.mkdir(bind.host_path, 0o700 if user.drop_from_root else 0o755)
+            user.give(bind.host_path)
+        for path, text in ((self.passwd_file, user.passwd()), (self.group_file, user.group())):
             with open(path, "w", encoding="utf-8") as file:
                 file.write(text)
 

@@ -10,8 +10,9 @@ import sys
 
 from metaflow_sandbox_core import ConfigError, NetworkPolicy, UnavailableError
 
-from .command import BASE_ENV, namespace_args, system_args
+from .command import BASE_ENV, SETPRIV, namespace_args, privilege_drop, system_args
 from .host import detect_host_system
+from .layout import SandboxUser
 
 INSTALL_HINT = (
     "apt-get install -y bubblewrap (Debian/Ubuntu; `dnf install -y bubblewrap` on Fedora/RHEL, "
@@ -50,7 +51,17 @@ def locate_bwrap(configured: str | None = None) -> str:
 @functools.cache
 def probe_failure(bwrap: str) -> str | None:
     """Why a minimal sandbox (same namespaces as a real one) cannot start, or None. Cached per executable."""
-    argv = [bwrap, *namespace_args(NetworkPolicy.NONE), *system_args(detect_host_system()), "--", "true"]
+    user = SandboxUser.for_sandbox("bwrap-probe0000000000")
+    if user.drop_from_root and not os.access(SETPRIV, os.X_OK):
+        return f"{SETPRIV} is missing (a root launcher drops sandboxes to an unprivileged user with it; it is in util-linux)"
+    argv = [
+        bwrap,
+        *namespace_args(NetworkPolicy.NONE, user),
+        *system_args(detect_host_system()),
+        "--",
+        *privilege_drop(user),
+        "true",
+    ]
     try:
         result = subprocess.run(
             argv,

@@ -19,7 +19,8 @@ from metaflow_sandbox_core import (
 )
 
 from .command import HostSystem, build_bwrap_argv, build_env, validate_argv
-from .layout import SANDBOX_WORKDIR, SandboxLayout, host_path_for, mount_binds
+from .keyring import FreshKeyring
+from .layout import SANDBOX_WORKDIR, SandboxLayout, SandboxUser, host_path_for, mount_binds
 from .limits import SandboxLimits
 from .probe import INSTALL_HINT
 from .processes import ProcessRef, exit_code, kill_process_group
@@ -52,6 +53,7 @@ class BubblewrapSandbox(Sandbox):
         bwrap: str,
         host: HostSystem,
         limits: SandboxLimits,
+        user: SandboxUser,
     ):
         self.id = record.id
         self.spec = spec
@@ -61,6 +63,9 @@ class BubblewrapSandbox(Sandbox):
         self._record = record
         self._bwrap = bwrap
         self._host = host
+        #: Who the sandboxed code runs as (see `SandboxUser`).
+        self.user = user
+        self._keyring = FreshKeyring()
         #: What upload/download reach: the private directories, then the mounts (innermost wins).
         self._file_binds = (*layout.private_binds(), *mount_binds(spec.mounts))
         self._binds = (*layout.identity_binds(), *self._file_binds)
@@ -76,10 +81,19 @@ class BubblewrapSandbox(Sandbox):
     def upload(self, data: bytes, sandbox_path: str) -> None:
         self._ensure_alive()
         target = host_path_for(sandbox_path, self._file_binds, for_write=True)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        self._make_parents(os.path.dirname(target))
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as file:
             file.write(data)
+            self.user.give(file.fileno())
+
+    def _make_parents(self, directory: str) -> None:
+        """Create `directory` and missing parents, each the sandbox user's (it writes next to its files)."""
+        if os.path.isdir(directory):
+            return
+        self._make_parents(os.path.dirname(directory))
+        os.mkdir(directory)
+        self.user.give(directory)
 
     def download(self, sandbox_path: str) -> bytes:
         self._ensure_alive()
@@ -104,6 +118,7 @@ class BubblewrapSandbox(Sandbox):
             binds=self._binds,
             argv=validate_argv(argv),
             cwd=_checked_cwd(cwd),
+            user=self.user,
         )
         command_env = build_env(self.spec.env, env)
         deadline, limit = self._deadline(timeout)
@@ -160,7 +175,7 @@ class BubblewrapSandbox(Sandbox):
                     env=env,
                     cwd="/",
                     start_new_session=True,
-                    preexec_fn=self.limits.preexec_fn,
+                    preexec_fn=self._prepare_child,
                 )
             except FileNotFoundError:
                 raise ConfigError(
@@ -172,6 +187,11 @@ class BubblewrapSandbox(Sandbox):
             self._record.processes.append(ProcessRef.of(process.pid))
             self._save_record()
             return process
+
+    def _prepare_child(self) -> None:
+        """In the forked bwrap process, before exec: the resource limits and an empty session keyring."""
+        self.limits.prepare_child()
+        self._keyring.join()
 
     def _forget(self, process: Process) -> None:
         with self._lock:
