@@ -44,7 +44,7 @@ def test_root_launcher_drops_to_an_unprivileged_host_user() -> None:
     assert "--unshare-user" not in argv and "--uid" not in argv
     assert "--unshare-net" in argv and "--unshare-pid" in argv
     assert argv[argv.index("--") + 1 :] == [
-        "/usr/bin/setpriv", "--reuid=2000000255", "--regid=2000000255", "--clear-groups",
+        "/usr/bin/setpriv", "--reuid=2000000255", "--regid=2000000255", "--groups=1999999999",
         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", "id",
     ]  # fmt: skip
     shared = build_bwrap_argv(

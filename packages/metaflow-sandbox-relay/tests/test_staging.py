@@ -2,15 +2,19 @@ import gzip
 import hashlib
 import json
 import os
+import pickle
 
 import pytest
 
 from metaflow_sandbox_relay import (
+    LocalDatastore,
     RelayRefusedError,
+    TaskPolicy,
     TaskScope,
     apply_local_metadata,
     apply_to_datastore,
     collect_staged_task,
+    vet_task,
 )
 
 SCOPE = TaskScope(flow="F", run_id="7", step="s", task_id="3", attempt=1)
@@ -40,10 +44,15 @@ def record(**extra):
 
 def test_accepts_own_task_and_applies(tmp_path):
     stage, real = str(tmp_path / "stage"), str(tmp_path / "real")
-    rel_blob = blob(stage, b"artifact bytes")
-    write(stage, "F/7/s/3/1.data.json", "{}")
+    rel_blob = blob(stage, pickle.dumps("artifact"))
+    sha = rel_blob.rsplit("/", 1)[1]
+    write(stage, "F/7/s/3/1.data.json", json.dumps({"objects": {"x": sha}, "info": {}}))
     write(stage, "F/7/s/3/1.DONE.lock", "")
-    write(stage, "F/7/s/3/_meta/1_artifact_x.json", record(attempt_id=1, name="x"))
+    write(
+        stage,
+        "F/7/s/3/_meta/1_artifact_x.json",
+        record(attempt_id=1, name="x", sha=sha, ds_type="local", location=":root:" + str(tmp_path / "real")),
+    )
     write(
         stage,
         "F/7/s/3/_meta/sysmeta_attempt-done_1.json",
@@ -53,10 +62,11 @@ def test_accepts_own_task_and_applies(tmp_path):
     staged = collect_staged_task(stage, SCOPE)
     assert staged.blobs == [rel_blob]
     assert sorted(staged.task_files) == ["F/7/s/3/1.DONE.lock", "F/7/s/3/1.data.json"]
-    apply_to_datastore(staged, real)
+    vetted = vet_task(staged, LocalDatastore(real), TaskPolicy(ds_root=real), str(tmp_path), print)
+    apply_to_datastore(vetted, LocalDatastore(real))
     assert os.path.exists(os.path.join(real, rel_blob))
     assert os.path.exists(os.path.join(real, "F/7/s/3/1.DONE.lock"))
-    assert apply_local_metadata(staged, real) == 2
+    assert apply_local_metadata(vetted.records, SCOPE.task_path, real) == 2
     assert sorted(os.listdir(os.path.join(real, "F/7/s/3/_meta"))) == [
         "1_artifact_x.json",
         "sysmeta_attempt-done_1.json",
@@ -74,7 +84,6 @@ def test_accepts_own_task_and_applies(tmp_path):
         ("F/7/s/3/_meta/sysmeta_attempt-done_1.json", record(field_name="attempt-done", value=0)),
         ("F/7/s/3/_meta/sysmeta_y_1.json", record(tags=["attempt_id:0"])),
         ("G/7/s/3/1.data.json", "{}"),  # another flow
-        ("F/data/ab/" + "ab" + "0" * 38, b"not matching"),  # forged blob
     ],
 )
 def test_refuses_out_of_scope(tmp_path, rel, content):

@@ -80,6 +80,7 @@ class BubblewrapBackend(Backend):
             for mount in spec.mounts:
                 if not mount.read_only and os.path.isdir(mount.host_path):
                     user.give(mount.host_path)  # a writable mount is the sandbox user's to write
+            user.grant_read(spec.readable, [m.host_path for m in spec.mounts if m.read_only])
         except BaseException:
             if limits is not None:
                 limits.release()

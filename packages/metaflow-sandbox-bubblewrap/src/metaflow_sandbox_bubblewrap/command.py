@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from metaflow_sandbox_core import ConfigError, NetworkPolicy
 
-from .layout import NAMESPACED_USER, SANDBOX_HOME, SANDBOX_HOSTNAME, SANDBOX_TMP, Bind, SandboxUser
+from .layout import (
+    NAMESPACED_USER,
+    READER_GID,
+    SANDBOX_HOME,
+    SANDBOX_HOSTNAME,
+    SANDBOX_TMP,
+    Bind,
+    SandboxUser,
+)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -54,7 +62,7 @@ def namespace_args(network: NetworkPolicy, user: SandboxUser = NAMESPACED_USER) 
 
 def privilege_drop(user: SandboxUser) -> list[str]:
     """The argv prefix that turns a root launcher's sandbox process into the sandbox's unprivileged host user:
-    no supplementary groups, no capabilities (none inheritable, an empty bounding set), no_new_privs (setuid
+    only the readers' group as a supplementary group, no capabilities (none inheritable, an empty bounding set), no_new_privs (setuid
     binaries in the sandbox gain nothing)."""
     if not user.drop_from_root:
         return []
@@ -62,7 +70,7 @@ def privilege_drop(user: SandboxUser) -> list[str]:
         SETPRIV,
         f"--reuid={user.uid}",
         f"--regid={user.gid}",
-        "--clear-groups",
+        f"--groups={READER_GID}",
         "--inh-caps=-all",
         "--bounding-set=-all",
         "--no-new-privs",

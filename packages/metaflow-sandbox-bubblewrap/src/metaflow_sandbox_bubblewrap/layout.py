@@ -16,6 +16,9 @@ SANDBOX_GID = 1000
 #: A root launcher runs each sandbox as its own unprivileged host uid/gid from this range (not in /etc/passwd).
 HOST_ID_BASE = 2_000_000_000
 HOST_ID_COUNT = 1 << 20
+#: ...and gives each a supplementary group, through which the files a sandbox must read (`SandboxSpec.readable`)
+#: are made readable to sandboxes without widening them to other host users.
+READER_GID = HOST_ID_BASE - 1
 SANDBOX_HOSTNAME = "sandbox"
 SANDBOX_HOME = "/home/sandbox"
 SANDBOX_TMP = "/tmp"
@@ -54,6 +57,23 @@ class SandboxUser:
     def group(self) -> str:
         return f"root:x:0:\n{SANDBOX_USER}:x:{self.gid}:\nnogroup:x:65534:\n"
 
+    def grant_read(self, paths: Sequence[str], root_dirs: Sequence[str]) -> None:
+        """Make `paths` (files of the launcher's, under one of `root_dirs`) readable to the sandbox user:
+        group `READER_GID` with read access, and search access on their directories up to the root dir.
+        Nothing to do when the sandbox user is the launcher (a user namespace)."""
+        if not self.drop_from_root:
+            return
+        done: set[str] = set()
+        for path in paths:
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            _grant(path, 0o040)
+            directory = os.path.dirname(path)
+            while directory not in done and any(_inside(directory, root) for root in root_dirs):
+                done.add(directory)
+                _grant(directory, 0o050)
+                directory = os.path.dirname(directory)
+
     def give(self, path: str | int) -> None:
         """Make `path` (or an open file descriptor; created by the launcher) the sandbox user's, when that is
         another host user."""
@@ -63,6 +83,20 @@ class SandboxUser:
             os.fchown(path, self.uid, self.gid)
         else:
             os.chown(path, self.uid, self.gid, follow_symlinks=False)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _grant(path: str, bits: int) -> None:
+    """Add `bits` for the readers' group, unless everyone already has them."""
+    info = os.lstat(path)
+    if info.st_mode & (bits >> 3) == bits >> 3:
+        return
+    if info.st_gid != READER_GID:
+        os.chown(path, -1, READER_GID, follow_symlinks=False)
+    os.chmod(path, (info.st_mode & 0o7777 & ~0o6000) | bits)
 
 
 #: The sandbox user of an unprivileged launcher (what tests of the argv shape use).

@@ -42,6 +42,8 @@ class SandboxSpec:
     Sizes are in MiB, times in seconds. `None` means "the backend's default". `timeout` is the sandbox's
     lifetime: a command still running that long after creation is killed (`SandboxTimeoutError`).
     `network_allow` lists host:port destinations for `NetworkPolicy.DATASTORE` where a backend filters egress.
+    `readable` lists host files inside read-only mounts that the sandboxed code must be able to read: a
+    backend that runs sandboxes as another host user than the launcher's makes them readable to it.
     """
 
     image: str | None = None
@@ -54,6 +56,7 @@ class SandboxSpec:
     network: NetworkPolicy = NetworkPolicy.NONE
     network_allow: tuple[str, ...] = ()
     mounts: tuple[Mount, ...] = ()
+    readable: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
 

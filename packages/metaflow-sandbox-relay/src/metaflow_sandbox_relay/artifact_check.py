@@ -1,20 +1,21 @@
 """Checking a sandboxed task's artifacts before anything on the launcher unpickles them.
 
 Metaflow artifacts are pickles, and unpickling runs code: the runtime itself loads `_transition` and
-friends of every task, and later steps load the rest. A pickle from a sandbox is checked by a
-validation-only unpickler: every global it names must be on an allowlist, and allowed globals resolve
-to an inert stand-in — nothing is imported or called. A pickle naming anything else is refused.
+friends of every task, and later steps load the rest. A pickle from a sandbox is scanned, never loaded
+(`pickle_scan`): every global it names must be on an allowlist, or the pickle is refused.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import gzip
+import importlib
 import io
 import json
-import pickle
+import zlib
 from collections.abc import Callable, Iterable
 from typing import IO
+
+from .pickle_scan import PickleRefused, scan_pickle
 
 #: Globals that plain data needs (containers, dates, numbers) and Metaflow's own bookkeeping artifacts.
 SAFE_GLOBALS = frozenset(
@@ -46,77 +47,101 @@ SAFE_GLOBALS = frozenset(
         ("metaflow.exception", "MetaflowExceptionWrapper"),
     }
 )
-CHUNK = 1 << 20
+#: Functions that rebuild common libraries' data (never arbitrary callables): admitted when their package is
+#: in `trusted_types`, since a module prefix otherwise admits classes only.
+KNOWN_RECONSTRUCTORS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("pandas.core.indexes.base", "_new_Index"),
+        ("pandas._libs.internals", "_unpickle_block"),
+    }
+)
 
 
-class _Inert:
-    """Stands in for an allowed class or function: accepts any construction and state, runs nothing."""
-
-    def __new__(cls, *args: object, **kwargs: object) -> _Inert:
-        return object.__new__(cls)
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def __call__(self, *args: object, **kwargs: object) -> _Inert:
-        return _Inert()
-
-    def __setstate__(self, state: object) -> None:
-        pass
-
-    def __setitem__(self, key: object, value: object) -> None:
-        pass
-
-    def append(self, item: object) -> None:
-        pass
-
-    def extend(self, items: Iterable[object]) -> None:
-        pass
-
-    def add(self, item: object) -> None:
-        pass
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
 
 
-class _ValidatingUnpickler(pickle.Unpickler):
-    def __init__(self, stream: IO[bytes], allowed: Callable[[str, str], bool]):
-        super().__init__(stream)
-        self._allowed = allowed
-
-    def find_class(self, module: str, name: str) -> object:
-        # Protocol 0-2 pickles name Python 2 modules; map them as the standard unpickler does.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if self._allowed(module, name):
-            return _Inert
-        raise pickle.UnpicklingError(f"it references {module}.{name}")
-
-    def persistent_load(self, pid: object) -> object:
-        raise pickle.UnpicklingError("it uses persistent ids")
-
-
-def trust_rule(trusted: Iterable[str] | str | None) -> Callable[[str, str], bool]:
-    """Allowed globals: the safe set, plus every global of a module under a `trusted` prefix ("*" = all)."""
-    if trusted == "*":
-        return lambda module, name: True
-    prefixes = tuple(trusted or ())
-
-    def allowed(module: str, name: str) -> bool:
-        if (module, name) in SAFE_GLOBALS:
-            return True
-        return any(module == p or module.startswith(p + ".") for p in prefixes)
-
-    return allowed
-
-
-def pickle_problem(data: bytes, allowed: Callable[[str, str], bool]) -> str | None:
-    """Why `data` may not be unpickled on the launcher, or None when it is safe to."""
+def is_class(module: str, name: str) -> bool | str:
+    """True when `module.name` is a class; False when it is anything else (a function, an instance); a
+    string saying why when it cannot be told (the module does not import here)."""
     try:
-        _ValidatingUnpickler(io.BytesIO(data), allowed).load()
-    except pickle.UnpicklingError as error:
-        return str(error)
-    except Exception as error:  # malformed input: refuse, whatever it is
-        return f"it is not a valid pickle ({type(error).__name__}: {error})"
+        target: object = importlib.import_module(module)
+    except Exception as error:  # whatever importing raises
+        return f"{module} cannot be imported here to check it ({type(error).__name__}: {error})"
+    for part in name.split("."):
+        if part == "<locals>":
+            return False
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            return f"{module} has no attribute {name}"
+    return isinstance(target, type)
+
+
+class TrustRule:
+    """Which globals a step's artifacts may reference: `SAFE_GLOBALS`; every class of a module under a
+    `trusted_types` prefix (not its functions: `pydantic.v1.utils.import_string("os.system")` is a gadget);
+    an entry naming `module.name` exactly admits that one global, class or function; "*" admits all."""
+
+    def __init__(self, trusted: Iterable[str] | str | None = None):
+        self.everything = trusted == "*"
+        self.entries: tuple[str, ...] = () if self.everything else tuple(trusted or ())  # type: ignore[arg-type]
+        self._verdicts: dict[tuple[str, str], bool | str] = {}
+        #: Why the last global was refused, beyond "it references ...".
+        self.last_reason = ""
+
+    def __call__(self, module: str, name: str) -> bool:
+        self.last_reason = ""
+        if self.everything or (module, name) in SAFE_GLOBALS:
+            return True
+        dotted = f"{module}.{name}"
+        if dotted in self.entries:
+            return True
+        if not any(_under(module, entry) for entry in self.entries):
+            return False
+        if (module, name) in KNOWN_RECONSTRUCTORS:
+            return True
+        verdict = self._verdicts.get((module, name))
+        if verdict is None:
+            verdict = self._verdicts[(module, name)] = is_class(module, name)
+        if verdict is True:
+            return True
+        if verdict is False:
+            self.last_reason = (
+                f" (not a class: a module in trusted_types admits its classes only; if {dotted} is safe to "
+                f"call with any arguments, list it by name: trusted_types=[..., {dotted!r}])"
+            )
+        else:
+            self.last_reason = f" ({verdict})"
+        return False
+
+
+def trust_rule(trusted: Iterable[str] | str | None) -> TrustRule:
+    """The `TrustRule` for a step's `trusted_types`."""
+    return TrustRule(trusted)
+
+
+def pickle_problem(data: bytes | IO[bytes], allowed: Callable[[str, str], bool]) -> str | None:
+    """Why the pickle in `data` (bytes or a stream) may not be unpickled on the launcher, or None."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    try:
+        scan_pickle(stream, allowed)
+    except PickleRefused as error:
+        return f"{error}{getattr(allowed, 'last_reason', '')}"
+    except (OSError, EOFError, zlib.error) as error:  # e.g. a damaged compressed stream
+        return f"it cannot be read ({type(error).__name__}: {error})"
     return None
+
+
+def open_artifact(stream: IO[bytes], raw: bool) -> IO[bytes]:
+    """The bytes Metaflow unpickles from a stored blob: as stored (`cas_raw`), else gunzipped."""
+    return stream if raw else gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
 
 
 def artifact_problems(
@@ -126,7 +151,7 @@ def artifact_problems(
     only: set[str] | None = None,
 ) -> list[str]:
     """Check the artifacts a task's `<attempt>.data.json` lists (those whose blob is in `only`, if given);
-    `open_blob(sha)` reads one blob."""
+    `open_blob(sha)` reads one blob as stored (gzip-compressed unless it starts otherwise)."""
     allowed = trust_rule(trusted)
     try:
         listing = json.loads(data_json)
@@ -143,10 +168,9 @@ def artifact_problems(
             problems.append(f"artifact {name!r} has unknown encoding {encoding!r}")
             continue
         with open_blob(str(sha)) as stream:
-            blob = stream.read()
-        if blob[:2] == b"\x1f\x8b":
-            blob = gzip.decompress(blob)
-        why = pickle_problem(blob, allowed)
+            buffered = io.BufferedReader(stream) if not hasattr(stream, "peek") else stream  # type: ignore[arg-type]
+            raw = buffered.peek(2)[:2] != b"\x1f\x8b"  # type: ignore[attr-defined]
+            why = pickle_problem(open_artifact(buffered, raw), allowed)
         if why:
             problems.append(f"artifact {name!r} cannot be loaded safely: {why}")
     return problems

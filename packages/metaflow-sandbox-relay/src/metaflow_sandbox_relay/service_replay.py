@@ -9,8 +9,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
-from .staging import StagedTask
-
 
 class ServiceReplayError(Exception):
     """The metadata service did not accept the records."""
@@ -34,15 +32,20 @@ def _post(url: str, payload: list, headers: Mapping[str, str], attempts: int = 3
         time.sleep(0.5 * 2**attempt)
 
 
-def replay_to_service(staged: StagedTask, service_url: str, headers: Mapping[str, str] | None = None) -> int:
-    """POST the task's artifacts and metadata records; return how many records were sent.
+def replay_to_service(
+    records: list[tuple[str, dict]],
+    task_path: tuple[str, ...],
+    service_url: str,
+    headers: Mapping[str, str] | None = None,
+) -> int:
+    """POST the task's (vetted) artifact and metadata records; return how many records were sent.
 
     The task itself (`_self`) was registered by the launcher's runtime, so it is not replayed.
     """
-    quoted = [urllib.parse.quote(part, safe="") for part in staged.scope.task_path]
+    quoted = [urllib.parse.quote(part, safe="") for part in task_path]
     base = "{}/flows/{}/runs/{}/steps/{}/tasks/{}".format(service_url.rstrip("/"), *quoted)
-    artifacts = [record for name, record in staged.records if "_artifact_" in name]
-    metadata = [record for name, record in staged.records if name.startswith("sysmeta_")]
+    artifacts = [record for name, record in records if "_artifact_" in name]
+    metadata = [record for name, record in records if name.startswith("sysmeta_")]
     if artifacts:
         _post(base + "/artifact", artifacts, headers or {})
     if metadata:

@@ -34,7 +34,12 @@ class LocalStaging:
                 yield self._rel(path), info.st_size
 
     def open(self, rel: str) -> IO[bytes]:
-        return open(os.path.join(self.root, rel), "rb")
+        """Open a staged regular file, never following a link nor blocking on a FIFO the sandbox planted."""
+        fd = os.open(os.path.join(self.root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{rel} is not a regular file")
+        return os.fdopen(fd, "rb")
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)

@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Union
 
-from .blob_check import blob_matches_name
 from .scope import RelayRefusedError, TaskScope
 from .sources import LocalStaging, S3Staging
 
@@ -24,6 +23,11 @@ class Limits:
     max_record_bytes: int = 1 << 20
     max_metadata_bytes: int = 32 << 20
     max_files: int = 100_000
+    max_data_json_bytes: int = 64 << 20
+    #: Bytes read from the sandbox's results plus bytes inflated while checking them.
+    max_result_bytes: int = 16 << 30
+    #: How long checking one task's results may take.
+    seconds: float = 1800.0
 
 
 @dataclass
@@ -32,8 +36,10 @@ class StagedTask:
 
     source: Source
     scope: TaskScope
-    blobs: list[str] = field(default_factory=list)  # paths relative to the source, with their _meta files
+    blobs: list[str] = field(default_factory=list)  # paths relative to the source (sidecars are not taken)
     task_files: list[str] = field(default_factory=list)
+    #: Size of each staged file, as listed.
+    sizes: dict[str, int] = field(default_factory=dict)
     #: (record name without .json, record) for the task's metadata.
     records: list[tuple[str, dict]] = field(default_factory=list)
 
@@ -136,15 +142,14 @@ def collect_staged_task(
         if is_datastore and len(parts) == 4 and parts[:2] == (flow, "data"):
             sha = name[: -len("_meta")] if name.endswith("_meta") else name
             if _SHA.match(sha) and parts[2] == sha[:2]:
-                if name == sha:
-                    if blob_matches_name(datastore.open(rel), sha):
-                        staged.blobs.append(rel)
-                    else:
-                        problems.append(f"{rel} does not hash to its name")
+                if name == sha:  # checked, with the listing, by `vet_task`; sidecars are the relay's to write
+                    staged.blobs.append(rel)
+                    staged.sizes[rel] = size
                 continue
         elif is_datastore and len(parts) == 5 and parts[:4] == scope.task_path:
             if name.startswith(task_prefix):
                 staged.task_files.append(rel)
+                staged.sizes[rel] = size
                 continue
         elif (
             is_metadata

@@ -15,3 +15,7 @@ SANDBOX_PYTHON = from_conf("SANDBOX_PYTHON")
 # How a sandbox gets S3 datastore credentials: "sts" (short-lived, scoped to the flow's prefix; default),
 # "forward" (the launcher's own keys; warned about), "none".
 SANDBOX_S3_CREDENTIALS = from_conf("SANDBOX_S3_CREDENTIALS", "sts")
+# What one sandboxed task's results may cost the launcher to check: bytes read plus bytes inflated (default
+# 16 GiB), and seconds (default 1800). A task past either fails (exit 202) and nothing of it is applied.
+SANDBOX_MAX_RESULT_BYTES = from_conf("SANDBOX_MAX_RESULT_BYTES", 16 << 30)
+SANDBOX_RELAY_TIMEOUT = from_conf("SANDBOX_RELAY_TIMEOUT", 1800)

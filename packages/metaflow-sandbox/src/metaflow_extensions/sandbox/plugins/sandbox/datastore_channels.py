@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 import tempfile
 import uuid
@@ -19,16 +20,22 @@ from typing import TYPE_CHECKING
 
 from metaflow_sandbox_core import Backend, ConfigError, Mount, NetworkPolicy
 from metaflow_sandbox_relay import (
+    Datastore,
+    Limits,
+    LocalDatastore,
     LocalStaging,
     RelayRefusedError,
+    S3Datastore,
     S3Staging,
     StagedTask,
+    TaskPolicy,
     TaskScope,
     apply_local_metadata,
     apply_to_datastore,
-    artifact_problems,
     collect_staged_task,
+    input_files,
     replay_to_service,
+    vet_task,
 )
 
 from .client_libraries import MODULES as CLIENT_MODULES
@@ -51,10 +58,13 @@ class Channel:
     #: Set by the executor once the sandbox exists: `<sandbox.workdir>/metaflow-sandbox`.
     base = "/tmp/" + SANDBOX_SUBDIR
 
-    def __init__(self, launch: TaskLaunch, backend: Backend, staging: str, say: Callable[[str], None]):
+    def __init__(
+        self, launch: TaskLaunch, backend: Backend, staging: str, scratch: str, say: Callable[[str], None]
+    ):
         self.launch = launch
         self.backend = backend
-        self.staging = staging  # a private directory on the launcher
+        self.staging = staging  # on the launcher: the sandbox may write here (the local channel mounts it)
+        self.scratch_root = scratch  # on the launcher, never mounted: the relay's own copies
         self.say = say
         self.scope = TaskScope(launch.flow, launch.run_id, launch.step, launch.task_id, launch.attempt)
 
@@ -70,6 +80,10 @@ class Channel:
         raise NotImplementedError
 
     def mounts(self) -> list[Mount]:
+        return []
+
+    def readable(self) -> list[str]:
+        """Host files in the read-only mounts that the task reads (`SandboxSpec.readable`)."""
         return []
 
     def env(self) -> dict[str, str]:
@@ -88,42 +102,44 @@ class Channel:
     def endpoints(self) -> list[dict[str, str]]:
         return []
 
-    def relay(self) -> None:
+    def relay(self, exit_code: int) -> None:
+        """Bring the task's results home (see `_apply`); `RelayRefusedError` when anything is out of bounds."""
         raise NotImplementedError
 
     def cleanup(self) -> None:
         pass
 
-    def _check_artifacts(self, staged: StagedTask) -> None:
-        """Refuse artifacts the launcher could not unpickle without running sandboxed code.
-
-        Every blob a sandbox adds is checked here, under its step's policy, before it enters the datastore;
-        blobs the task reuses are already there and were checked (or written by trusted code) when they came.
-        """
-        listing = f"{self.launch.attempt}.data.json"
-        data_json = next((rel for rel in staged.task_files if rel.endswith("/" + listing)), None)
-        if data_json is None or self.launch.trusted_types == "*":
-            return
-        staged_blobs = {rel.rsplit("/", 1)[-1]: rel for rel in staged.blobs}
-        with staged.source.open(data_json) as f:
-            problems = artifact_problems(
-                f.read(),
-                lambda sha: staged.source.open(staged_blobs[sha]),
-                self.launch.trusted_types,
-                only=set(staged_blobs),
-            )
-        if problems:
-            problems.append(
-                "to accept other types, list their modules in trusted_types=[...] (see docs/security.md)"
-            )
-            raise RelayRefusedError(self.scope, problems)
-
-    def _apply_metadata(self, staged: StagedTask) -> None:
+    def _apply(self, staged: StagedTask, store: Datastore, exit_code: int) -> None:
+        """Vet the staged results under this task's policy (nothing is written unless all of it passes),
+        then apply them: the relay's checked copies into the datastore, the vetted records into metadata."""
         launch = self.launch
-        if launch.metadata_type == "service" and launch.service_url:
-            replay_to_service(staged, launch.service_url, launch.service_headers)
-        else:
-            apply_local_metadata(staged, launch.metadata_root or launch.datastore_root)
+        policy = TaskPolicy(
+            trusted_types=launch.trusted_types,
+            parents=tuple(launch.parents),
+            exit_code=exit_code,
+            ds_type=launch.datastore_type,
+            ds_root=launch.datastore_root,
+            limits=self.limits,
+        )
+        scratch = tempfile.mkdtemp(prefix="relay-", dir=self.scratch_root)
+        try:
+            vetted = vet_task(staged, store, policy, scratch, self.say)
+            apply_to_datastore(vetted, store)
+            if launch.metadata_type == "service" and launch.service_url:
+                replay_to_service(
+                    vetted.records, self.scope.task_path, launch.service_url, launch.service_headers
+                )
+            else:
+                apply_local_metadata(
+                    vetted.records, self.scope.task_path, launch.metadata_root or launch.datastore_root
+                )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @property
+    def limits(self) -> Limits:
+        launch = self.launch
+        return Limits(max_result_bytes=launch.max_result_bytes, seconds=launch.relay_timeout)
 
 
 class LocalChannel(Channel):
@@ -150,6 +166,10 @@ class LocalChannel(Channel):
         mounts = [Mount(path, path, read_only=True) for path in readable if os.path.isdir(path)]
         return [*mounts, Mount(self.staging, self.staging, read_only=False)]
 
+    def readable(self) -> list[str]:
+        store = LocalDatastore(self.launch.datastore_root)
+        return [store.path(rel) for rel in input_files(store, self.launch.flow, self.launch.parents)]
+
     def env(self) -> dict[str, str]:
         return {"METAFLOW_SANDBOX_STAGING": self.staging}
 
@@ -161,11 +181,9 @@ class LocalChannel(Channel):
             "stderr": os.path.join(task_dir, f"{attempt}.task_stderr.log"),
         }
 
-    def relay(self) -> None:
-        staged = collect_staged_task(self.staging, self.scope)
-        self._check_artifacts(staged)
-        apply_to_datastore(staged, self.launch.datastore_root)
-        self._apply_metadata(staged)
+    def relay(self, exit_code: int) -> None:
+        staged = collect_staged_task(self.staging, self.scope, self.limits)
+        self._apply(staged, LocalDatastore(self.launch.datastore_root), exit_code)
 
 
 class S3Channel(Channel):
@@ -270,14 +288,12 @@ class S3Channel(Channel):
     def endpoints(self) -> list[dict[str, str]]:
         return [self.s3.endpoint()]
 
-    def relay(self) -> None:
+    def relay(self, exit_code: int) -> None:
         source = S3Staging(self.s3.client, self.staged_datastore.url)
-        metadata_dir = tempfile.mkdtemp(prefix="metadata-", dir=self.staging)
+        metadata_dir = tempfile.mkdtemp(prefix="metadata-", dir=self.scratch_root)
         self._fetch_metadata(metadata_dir)
-        staged = collect_staged_task(source, self.scope, metadata=LocalStaging(metadata_dir))
-        self._check_artifacts(staged)
-        apply_to_datastore(staged, self.s3.root.url)
-        self._apply_metadata(staged)
+        staged = collect_staged_task(source, self.scope, self.limits, metadata=LocalStaging(metadata_dir))
+        self._apply(staged, S3Datastore(self.s3.client, self.s3.root.url), exit_code)
 
     def _fetch_metadata(self, directory: str) -> None:
         """The task's local metadata, shipped as an archive through the datastore; bounded and extracted safely."""
@@ -305,11 +321,13 @@ class S3Channel(Channel):
             self.say(f"Could not remove the staging prefix {self.staging_root.url}: {error}")
 
 
-def channel_for(launch: TaskLaunch, backend: Backend, staging: str, say: Callable[[str], None]) -> Channel:
+def channel_for(
+    launch: TaskLaunch, backend: Backend, staging: str, scratch: str, say: Callable[[str], None]
+) -> Channel:
     if launch.datastore_type == "local":
-        return LocalChannel(launch, backend, staging, say)
+        return LocalChannel(launch, backend, staging, scratch, say)
     if launch.datastore_type == "s3":
-        return S3Channel(launch, backend, staging, say)
+        return S3Channel(launch, backend, staging, scratch, say)
     raise ConfigError(
         f"The {launch.datastore_type} datastore is not supported by sandboxed steps yet; use local or s3."
     )

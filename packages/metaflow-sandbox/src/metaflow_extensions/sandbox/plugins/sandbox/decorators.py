@@ -26,6 +26,13 @@ def _config(name):
     return getattr(metaflow_config, name, None)
 
 
+def _input_paths(value):
+    """The task's inputs ("run/step/task") from its --input-paths option, as Metaflow compresses them."""
+    from metaflow.util import decompress_list
+
+    return [path for path in decompress_list(value) if path] if value else []
+
+
 class SandboxException(MetaflowException):
     headline = "Sandbox error"
 
@@ -337,6 +344,9 @@ class SandboxDecorator(StepDecorator):
             s3_env=s3.get("env", {}),
             s3_credentials=_config("SANDBOX_S3_CREDENTIALS") or "sts",
             env_denylist=os.environ.get("METAFLOW_SANDBOX_ENV_DENYLIST", ""),
+            parents=_input_paths(cli_args.command_options.get("input-paths")),
+            max_result_bytes=int(_config("SANDBOX_MAX_RESULT_BYTES") or 16 << 30),
+            relay_timeout=float(_config("SANDBOX_RELAY_TIMEOUT") or 1800),
         )
 
     def _s3_settings(self):

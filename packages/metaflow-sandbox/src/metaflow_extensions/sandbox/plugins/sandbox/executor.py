@@ -66,7 +66,9 @@ class TaskExecutor:
         self.launch = launch
         self.command = command
         self.say = say
-        self.staging = os.path.join(launch.cache_dir, "staging", uuid.uuid4().hex)
+        unique = uuid.uuid4().hex
+        self.staging = os.path.join(launch.cache_dir, "staging", unique)
+        self.scratch = os.path.join(launch.cache_dir, "relay", unique)
         self._timings: list[tuple[str, float]] = []
         self._last = time.monotonic()
 
@@ -85,7 +87,8 @@ class TaskExecutor:
                 backend = load_backend(self.launch.backend)
                 threading.Thread(target=backend.preload, name="preload", daemon=True).start()
                 os.makedirs(self.staging, mode=0o700)
-                channel = channel_for(self.launch, backend, self.staging, self.say)
+                os.makedirs(self.scratch, mode=0o700)
+                channel = channel_for(self.launch, backend, self.staging, self.scratch, self.say)
                 channel.prepare()
                 spec = self._spec(backend, channel)
                 self._mark("prepare")
@@ -97,7 +100,7 @@ class TaskExecutor:
             if code == EXIT_INFRASTRUCTURE:
                 return code
             try:
-                channel.relay()
+                channel.relay(code)
                 self._mark("relay")
             except (RelayRefusedError, ServiceReplayError) as error:
                 self.say(f"Task failed: {error}")
@@ -112,6 +115,7 @@ class TaskExecutor:
             if channel is not None:
                 channel.cleanup()
             shutil.rmtree(self.staging, ignore_errors=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
             self._mark("cleanup")
             if os.environ.get("METAFLOW_SANDBOX_TIMINGS"):
                 self.say("timings: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in self._timings))
@@ -119,12 +123,14 @@ class TaskExecutor:
     def _spec(self, backend: Backend, channel: Channel) -> SandboxSpec:
         launch = self.launch
         mounts = [*channel.mounts(), *channel.package()[1]]
+        readable = channel.readable()
         if backend.capabilities.can_mount:
             mounts += [Mount(prefix, prefix, read_only=True) for prefix in launch.python_prefixes]
             config_file = self.command.option_value("--local-config-file")
             if config_file:
                 path = os.path.abspath(config_file)
                 mounts.append(Mount(path, path, read_only=True))
+                readable.append(path)
         spec = dict(launch.spec)
         if spec.get("timeout") is None:
             spec["timeout"] = launch.run_time_limit + TIMEOUT_GRACE
@@ -137,7 +143,7 @@ class TaskExecutor:
                     f"The {backend.name} backend cannot limit egress to the datastore; the sandbox gets full network."
                 )
             spec["network"] = needed.value
-        return SandboxSpec(**spec, mounts=tuple(mounts), labels=launch.labels)
+        return SandboxSpec(**spec, mounts=tuple(mounts), readable=tuple(readable), labels=launch.labels)
 
     def _plan(self, channel: Channel) -> Plan:
         launch = self.launch

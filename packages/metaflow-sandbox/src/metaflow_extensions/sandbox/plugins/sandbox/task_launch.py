@@ -48,6 +48,11 @@ class TaskLaunch:
     env_denylist: str = ""
     trusted_types: list[str] | str = field(default_factory=list)
     run_time_limit: float = 5 * 24 * 3600
+    #: The task's inputs as "run/step/task": their artifacts are already accepted into the flow.
+    parents: list[str] = field(default_factory=list)
+    #: Bounds on checking the task's results (bytes read plus inflated; seconds).
+    max_result_bytes: int = 16 << 30
+    relay_timeout: float = 1800.0
 
     @property
     def labels(self) -> dict[str, str]:

@@ -1,0 +1,147 @@
+"""The real datastore, as the relay reads and writes it: a local root or an s3:// root.
+
+Writes only ever create: a file that exists is never replaced (blobs, sidecars, other tasks' files). What is
+written comes from the relay's own checked copy, with fixed modes, never the sandbox's files themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import IO, Any, Union
+
+#: Mode of every file the relay writes into a local datastore: the launcher's, as Metaflow writes its own.
+FILE_MODE = 0o600
+S3_USER_METADATA = "metaflow-user-attributes"  # how Metaflow's S3 storage keeps a blob's CAS metadata
+
+
+def cas_meta(raw: bool) -> dict[str, object]:
+    """The CAS metadata Metaflow keeps beside a blob: how to read it back."""
+    return {"cas_raw": raw, "cas_version": 1}
+
+
+class LocalDatastore:
+    """A local datastore root (`.metaflow`)."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, *rel.split("/"))
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self.path(rel))
+
+    def open(self, rel: str) -> IO[bytes]:
+        return open(self.path(rel), "rb")
+
+    def cas_raw(self, rel: str) -> bool | None:
+        """How Metaflow reads the stored blob `rel`: raw (True), gzip (False), or None (no sidecar)."""
+        try:
+            with open(self.path(rel) + "_meta") as f:
+                return bool(json.load(f).get("cas_raw", False))
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return os.listdir(self.path(rel))
+        except OSError:
+            return []
+
+    def put(self, rel: str, source: str, meta: dict[str, object] | None = None) -> bool:
+        """Create `rel` from the local file `source` (and its `_meta` sidecar first, when given); False, and
+        nothing written, when `rel` exists."""
+        target = self.path(rel)
+        if os.path.lexists(target):
+            return False
+        directory = os.path.dirname(target)
+        os.makedirs(directory, exist_ok=True)
+        if meta is not None:
+            # A sidecar without its blob is meaningless (an interrupted write); the blob itself is created once.
+            self._create(
+                directory, target + "_meta", lambda f: f.write(json.dumps(meta).encode()), replace=True
+            )
+        with open(source, "rb") as src:
+            return self._create(
+                directory, target, lambda f: shutil.copyfileobj(src, f, 1 << 20), replace=False
+            )
+
+    @staticmethod
+    def _create(directory: str, target: str, write: Any, *, replace: bool) -> bool:
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".relay-")
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            if replace:
+                os.replace(temporary, target)
+                return True
+            try:
+                os.link(temporary, target)  # fails if it exists: never overwrites
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+
+
+class S3Datastore:
+    """An s3:// datastore root, with the launcher's own client."""
+
+    def __init__(self, client: Any, root_url: str):
+        if not root_url.startswith("s3://"):
+            raise ValueError(f"not an s3:// url: {root_url}")
+        self.client = client
+        self.root = root_url
+        self.bucket, _, prefix = root_url[len("s3://") :].partition("/")
+        self.prefix = prefix.strip("/")
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def _head(self, rel: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.key(rel))  # type: ignore[no-any-return]
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def exists(self, rel: str) -> bool:
+        return self._head(rel) is not None
+
+    def open(self, rel: str) -> IO[bytes]:
+        return self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"]  # type: ignore[no-any-return]
+
+    def cas_raw(self, rel: str) -> bool | None:
+        head = self._head(rel)
+        attributes = (head or {}).get("Metadata", {}).get(S3_USER_METADATA)
+        try:
+            return bool(json.loads(attributes).get("cas_raw", False)) if attributes else None
+        except (ValueError, AttributeError):
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        prefix = self.key(rel).rstrip("/") + "/"
+        names = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+        ):
+            names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
+        return names
+
+    def put(self, rel: str, source: str, meta: dict[str, object] | None = None) -> bool:
+        if self.exists(rel):
+            return False
+        extra = {"Metadata": {S3_USER_METADATA: json.dumps(meta)}} if meta is not None else {}
+        self.client.upload_file(source, self.bucket, self.key(rel), ExtraArgs=extra)
+        return True
+
+
+Datastore = Union[LocalDatastore, S3Datastore]  # noqa: UP007 - also runs on Python 3.9

@@ -1,0 +1,303 @@
+"""Deciding what of a staged task enters the datastore, under the task's policy, before anything is written.
+
+- Blobs: only those the attempt's `data.json` lists, each hashed, size-bounded and (for pickles) scanned
+  while the relay takes its own copy. Unlisted blobs are dropped (with a line saying so); an attempt that
+  wrote no `data.json` applies none. A listed blob that is already stored must be one of the task's inputs'
+  artifacts, or it is checked as stored: a sandbox cannot plant bytes and later adopt them by hash.
+- Task files: this attempt's files only, copied (never moved), bounded by the task's budget.
+- Metadata records: artifact records must agree with `data.json` (name, sha, datastore, location); records
+  about the datastore, code or logs must agree with what the launcher knows; a failed attempt cannot
+  claim success.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .artifact_check import TrustRule, open_artifact, pickle_problem, trust_rule
+from .blob_check import CHUNK, BlobRefused, Budget, copy_verified_blob
+from .scope import RelayRefusedError
+from .staging import Limits, StagedTask
+from .stores import Datastore
+
+_ATTEMPT_FILE = re.compile(r"^(\d+)\.DONE\.lock$")
+#: Gzip framing on top of deflate's worst case: a stored blob this much over its declared size is refused unread.
+_GZIP_SLACK = 1024
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """What the launcher knows about the task, against which its results are checked."""
+
+    trusted_types: Iterable[str] | str = ()
+    #: The task's inputs as "run/step/task" (their artifacts are already in the flow).
+    parents: tuple[str, ...] = ()
+    exit_code: int = 0
+    ds_type: str = "local"
+    ds_root: str = ""
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class VettedTask:
+    """What may be applied: local copies the relay made and checked, and the records to write."""
+
+    blobs: list[tuple[str, str, bool]] = field(default_factory=list)  # (rel, checked copy, cas_raw)
+    task_files: list[tuple[str, str]] = field(default_factory=list)  # (rel, checked copy)
+    records: list[tuple[str, dict]] = field(default_factory=list)
+    #: Lines for the task's log: what was dropped and why.
+    notes: list[str] = field(default_factory=list)
+
+
+class _Listing:
+    def __init__(self, objects: dict[str, str], info: dict[str, dict]):
+        self.objects = objects
+        self.info = info
+
+    @classmethod
+    def parse(cls, data: bytes) -> _Listing:
+        listing = json.loads(data)
+        objects = listing["objects"]
+        info = listing.get("info", {})
+        if not isinstance(objects, dict) or not isinstance(info, dict):
+            raise ValueError("objects and info must be mappings")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in objects.items()):
+            raise ValueError("objects must map names to blob names")
+        return cls(objects, {k: v for k, v in info.items() if isinstance(v, dict)})
+
+    def names_of(self, sha: str) -> list[str]:
+        return sorted(name for name, value in self.objects.items() if value == sha)
+
+    def declared_size(self, sha: str) -> int | None:
+        sizes = [self.info.get(name, {}).get("size") for name in self.names_of(sha)]
+        known = [int(size) for size in sizes if isinstance(size, int) and size >= 0]
+        return max(known) if known and len(known) == len(sizes) else None
+
+    def encodings(self, sha: str) -> set[str]:
+        return {str(self.info.get(name, {}).get("encoding", "pickle")) for name in self.names_of(sha)}
+
+
+def _blob_rel(flow: str, sha: str) -> str:
+    return f"{flow}/data/{sha[:2]}/{sha}"
+
+
+def _inputs(store: Datastore, flow: str, parents: Iterable[str]) -> Iterator[tuple[str, list[str], set[str]]]:
+    """For each input task ("run/step/task"): its directory, its files, and the blobs its finished attempt lists."""
+    for parent in parents:
+        task_dir = f"{flow}/{parent}"
+        names = store.listdir(task_dir)
+        attempts = [int(m.group(1)) for m in map(_ATTEMPT_FILE.match, names) if m]
+        shas: set[str] = set()
+        if attempts:
+            try:
+                with store.open(f"{task_dir}/{max(attempts)}.data.json") as f:
+                    shas = set(_Listing.parse(f.read(64 << 20)).objects.values())
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        yield task_dir, names, shas
+
+
+def parent_artifacts(store: Datastore, flow: str, parents: Iterable[str]) -> set[str]:
+    """The blob names the inputs' finished attempts list (already accepted into the flow)."""
+    return {sha for _, _, shas in _inputs(store, flow, parents) for sha in shas}
+
+
+def input_files(store: Datastore, flow: str, parents: Iterable[str]) -> list[str]:
+    """What a task reads of the datastore (relative paths): its inputs' task files and their artifacts' blobs."""
+    files = []
+    for task_dir, names, shas in _inputs(store, flow, parents):
+        files += [f"{task_dir}/{name}" for name in names]
+        for sha in sorted(shas):
+            files += [_blob_rel(flow, sha), _blob_rel(flow, sha) + "_meta"]
+    return files
+
+
+def vet_task(
+    staged: StagedTask, store: Datastore, policy: TaskPolicy, scratch: str, say: Callable[[str], None]
+) -> VettedTask:
+    """Check everything `staged` would apply; raise `RelayRefusedError` naming each problem."""
+    scope = staged.scope
+    limits = policy.limits
+    budget = Budget(limits.max_result_bytes, limits.seconds)
+    vetted = VettedTask()
+    problems: list[str] = []
+    allowed = trust_rule(policy.trusted_types)
+    source = staged.source
+    flow = scope.flow
+
+    data_json_rel = "/".join((*scope.task_path, f"{scope.attempt}.data.json"))
+    listing: _Listing | None = None
+    try:
+        for rel in sorted(staged.task_files):
+            fd, copied = tempfile.mkstemp(dir=scratch)
+            with os.fdopen(fd, "wb") as target, source.open(rel) as stream:
+                _copy(stream, target, budget)
+            vetted.task_files.append((rel, copied))
+            if rel == data_json_rel:
+                with open(copied, "rb") as f:
+                    listing = _Listing.parse(
+                        f.read(limits.max_data_json_bytes + 1)[: limits.max_data_json_bytes]
+                    )
+    except (ValueError, KeyError, TypeError):
+        raise RelayRefusedError(scope, [f"{data_json_rel} is not a Metaflow artifact listing"])
+    except BlobRefused as error:
+        raise RelayRefusedError(scope, [str(error)])
+
+    staged_blobs = {rel.rsplit("/", 1)[-1]: rel for rel in staged.blobs}
+    if listing is None:
+        if staged_blobs:
+            say(f"Dropped {len(staged_blobs)} blob(s): the attempt ended without a data.json listing them.")
+        staged_blobs = {}
+        listed: set[str] = set()
+    else:
+        listed = set(listing.objects.values())
+        unlisted = sorted(set(staged_blobs) - listed)
+        if unlisted:
+            say(
+                f"Dropped {len(unlisted)} blob(s) the task wrote but its data.json does not list "
+                f"(e.g. {unlisted[0]})."
+            )
+    parents: set[str] | None = None
+    for sha in sorted(listed):
+        assert listing is not None
+        names = ", ".join(repr(n) for n in listing.names_of(sha))
+        rel = _blob_rel(flow, sha)
+        pickled = all("pickle" in encoding for encoding in listing.encodings(sha))
+        if not pickled and allowed.everything is False:
+            problems.append(
+                f"artifact {names} has encoding {sorted(listing.encodings(sha))}, which the relay cannot check"
+            )
+            continue
+        try:
+            if sha in staged_blobs and not store.exists(rel):
+                vetted.blobs.append(
+                    _vet_new_blob(staged, staged_blobs[sha], sha, listing, budget, scratch, allowed, pickled)
+                )
+                continue
+            if parents is None:
+                parents = parent_artifacts(store, flow, policy.parents)
+            if sha in parents:
+                continue  # an input's artifact, accepted into the flow before this task ran
+            if not store.exists(rel):
+                problems.append(
+                    f"artifact {names} names blob {sha}, which neither the task nor the flow holds"
+                )
+                continue
+            if pickled and not allowed.everything:
+                raw = store.cas_raw(rel)
+                with store.open(rel) as stream:
+                    metered = io.BufferedReader(_Metered(stream, budget))
+                    why = pickle_problem(open_artifact(metered, raw is not False), allowed)
+                if why:
+                    problems.append(f"artifact {names} (already stored) cannot be loaded safely: {why}")
+        except BlobRefused as error:
+            problems.append(f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}")
+    vetted.records = _vet_records(staged, listing, policy, problems)
+    if problems:
+        if not allowed.everything and any("cannot be loaded safely" in p for p in problems):
+            problems.append("to accept other types, list them in trusted_types=[...] (see docs/security.md)")
+        raise RelayRefusedError(scope, problems)
+    return vetted
+
+
+def _vet_new_blob(
+    staged: StagedTask,
+    rel: str,
+    sha: str,
+    listing: _Listing,
+    budget: Budget,
+    scratch: str,
+    allowed: TrustRule,
+    pickled: bool,
+) -> tuple[str, str, bool]:
+    """Copy a staged blob privately while checking it; return (rel, copy, cas_raw) or raise `BlobRefused`."""
+    declared = listing.declared_size(sha)
+    size = staged.sizes.get(rel)
+    if declared is not None and size is not None and size > declared + declared // 100 + _GZIP_SLACK:
+        raise BlobRefused(f"its blob is {size} bytes, far more than its declared size of {declared}")
+    fd, copy = tempfile.mkstemp(dir=scratch)
+    with os.fdopen(fd, "wb") as target, staged.source.open(rel) as stream:
+        raw = copy_verified_blob(stream, sha, target, declared, budget)
+    if pickled and not allowed.everything:
+        with open(copy, "rb") as stored:
+            why = pickle_problem(open_artifact(stored, raw), allowed)
+        if why:
+            raise BlobRefused(f"cannot be loaded safely: {why}")
+    return rel, copy, raw
+
+
+def _vet_records(
+    staged: StagedTask, listing: _Listing | None, policy: TaskPolicy, problems: list[str]
+) -> list[tuple[str, dict]]:
+    scope = staged.scope
+    accepted = []
+    location = f":root:{policy.ds_root}"
+    for name, record in staged.records:
+        where = f"_meta/{name}.json"
+        if "_artifact_" in name:
+            artifact = record.get("name")
+            expected_file = f"{scope.attempt}_artifact_{artifact}"
+            if listing is None or artifact not in listing.objects:
+                problems.append(f"{where} describes an artifact {artifact!r} that data.json does not list")
+                continue
+            if name != expected_file:
+                problems.append(f"{where} describes artifact {artifact!r} under another name")
+                continue
+            wrong = [
+                f"{key}={record.get(key)!r}"
+                for key, value in (
+                    ("sha", listing.objects[artifact]),
+                    ("ds_type", policy.ds_type),
+                    ("location", location),
+                )
+                if record.get(key) != value
+            ]
+            if wrong:
+                problems.append(f"{where} does not match data.json and the datastore: {', '.join(wrong)}")
+                continue
+        elif name.startswith("sysmeta_"):
+            field_name, value = str(record.get("field_name", "")), record.get("value")
+            if field_name.startswith("log_location"):
+                problems.append(f"{where} sets {field_name}, which points the client at other logs")
+                continue
+            known = {"ds-type": policy.ds_type, "ds-root": policy.ds_root}
+            if field_name in known and value != known[field_name]:
+                problems.append(f"{where} claims {field_name}={value!r}, not {known[field_name]!r}")
+                continue
+            if field_name == "attempt_ok" and str(value) == "True" and policy.exit_code != 0:
+                problems.append(
+                    f"{where} claims the attempt succeeded, but it exited with {policy.exit_code}"
+                )
+                continue
+        accepted.append((name, record))
+    return accepted
+
+
+class _Metered(io.RawIOBase):
+    """A stream that charges what is read from it to a budget."""
+
+    def __init__(self, stream: IO[bytes], budget: Budget):
+        self._stream = stream
+        self._budget = budget
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        self._budget.spend(len(data))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _copy(stream: IO[bytes], target: IO[bytes], budget: Budget) -> None:
+    for chunk in iter(lambda: stream.read(CHUNK), b""):
+        budget.spend(len(chunk))
+        target.write(chunk)
