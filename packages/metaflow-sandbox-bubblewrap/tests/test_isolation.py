@@ -90,6 +90,12 @@ def test_sandbox_holds_no_privileges_even_when_the_launcher_is_root(
     assert output.splitlines()[-1] == "1", output  # /proc/sys is a read-only mount
 
 
+def test_shared_memory_is_private_and_writable(create_bubblewrap: CreateSandbox, shell: Shell) -> None:
+    """multiprocessing's semaphores need a writable /dev/shm, whoever the sandbox user is."""
+    code, output = shell(create_bubblewrap(), "touch /dev/shm/x && ls /dev/shm")
+    assert (code, output) == (0, "x\n")
+
+
 def test_the_launchers_session_keyring_is_out_of_reach(tmp_path: Path) -> None:
     """A key in the launcher's session keyring (Kerberos caches, keyctl tokens) is not visible inside."""
     script = tmp_path / "keyring_probe.py"

@@ -128,6 +128,12 @@ def test_artifact_records_must_match_data_json(env):
         ("ds-root", "/elsewhere", 0, "claims ds-root"),
         ("log_location_stdout", "{}", 0, "points the client at other logs"),
         ("attempt_ok", "True", 1, "claims the attempt succeeded"),
+        (
+            "code-package",
+            '{"ds_type": "local", "sha": "ab", "location": "/elsewhere"}',
+            0,
+            "names code package",
+        ),
     ],
 )
 def test_metadata_records_are_cross_checked(env, field, value, exit_code, reason):
@@ -142,7 +148,7 @@ def test_metadata_records_are_cross_checked(env, field, value, exit_code, reason
     }
     write(stage, f"{TASK}/_meta/sysmeta_{field}_1.json", json.dumps(record))
     with pytest.raises(RelayRefusedError, match=reason):
-        vet(TaskPolicy(ds_root=real, exit_code=exit_code))
+        vet(TaskPolicy(ds_root=real, exit_code=exit_code, code_package=("ab", real + "/F/data/ab/ab")))
 
 
 def test_nothing_existing_is_overwritten_and_modes_are_fixed(env):

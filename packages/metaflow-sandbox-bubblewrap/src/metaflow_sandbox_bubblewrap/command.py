@@ -93,7 +93,7 @@ def _parent_dirs(path: str, made: set[str]) -> list[str]:
 
 def system_args(host: HostSystem, made: set[str] | None = None) -> list[str]:
     """The host's system directories and selected /etc entries, read-only, plus fresh /proc (its kernel
-    settings under /proc/sys read-only, whoever the sandbox user is) and /dev. `made` collects the
+    settings under /proc/sys read-only, whoever the sandbox user is), /dev and /dev/shm. `made` collects the
     directories that exist in the sandbox afterwards."""
     made = set() if made is None else made
     args: list[str] = []
@@ -106,8 +106,10 @@ def system_args(host: HostSystem, made: set[str] | None = None) -> list[str]:
     for entry in host.etc_entries:
         args += [*_parent_dirs(entry, made), "--ro-bind", entry, entry]
         made.add(entry)
-    made.update(("/proc", "/proc/sys", "/dev"))
-    return [*args, "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"]
+    made.update(("/proc", "/proc/sys", "/dev", "/dev/shm"))
+    proc = ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+    # A private /dev/shm that any sandbox user can write (multiprocessing's semaphores live there).
+    return [*args, *proc, "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"]
 
 
 def bind_args(binds: Sequence[Bind], made: set[str] | None = None) -> list[str]:

@@ -38,7 +38,7 @@ class LocalDatastore:
         return open(self.path(rel), "rb")
 
     def cas_raw(self, rel: str) -> bool | None:
-        """How Metaflow reads the stored blob `rel`: raw (True), gzip (False), or None (no sidecar)."""
+        """How Metaflow reads the stored blob `rel`: raw (True), gzip (False), or None (no sidecar: gzip)."""
         try:
             with open(self.path(rel) + "_meta") as f:
                 return bool(json.load(f).get("cas_raw", False))

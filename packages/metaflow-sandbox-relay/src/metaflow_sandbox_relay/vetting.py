@@ -42,6 +42,8 @@ class TaskPolicy:
     exit_code: int = 0
     ds_type: str = "local"
     ds_root: str = ""
+    #: The code package the launcher gave the task: (sha, location).
+    code_package: tuple[str, str] | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -194,7 +196,7 @@ def vet_task(
                 raw = store.cas_raw(rel)
                 with store.open(rel) as stream:
                     metered = io.BufferedReader(_Metered(stream, budget))
-                    why = pickle_problem(open_artifact(metered, raw is not False), allowed)
+                    why = pickle_problem(open_artifact(metered, raw is True), allowed)
                 if why:
                     problems.append(f"artifact {names} (already stored) cannot be loaded safely: {why}")
         except BlobRefused as error:
@@ -271,6 +273,11 @@ def _vet_records(
             if field_name in known and value != known[field_name]:
                 problems.append(f"{where} claims {field_name}={value!r}, not {known[field_name]!r}")
                 continue
+            if field_name == "code-package" and policy.code_package is not None:
+                why = _code_package_problem(value, policy.code_package)
+                if why:
+                    problems.append(f"{where} {why}")
+                    continue
             if field_name == "attempt_ok" and str(value) == "True" and policy.exit_code != 0:
                 problems.append(
                     f"{where} claims the attempt succeeded, but it exited with {policy.exit_code}"
@@ -278,6 +285,16 @@ def _vet_records(
                 continue
         accepted.append((name, record))
     return accepted
+
+
+def _code_package_problem(value: object, expected: tuple[str, str]) -> str | None:
+    """Why a code-package record does not describe the package the launcher gave the task, or None."""
+    try:
+        described = json.loads(str(value))
+        found = (described["sha"], described["location"])
+    except (ValueError, KeyError, TypeError):
+        return "is not a code-package description"
+    return None if found == expected else f"names code package {found}, not {expected}"
 
 
 class _Metered(io.RawIOBase):

@@ -119,6 +119,7 @@ class Channel:
             exit_code=exit_code,
             ds_type=launch.datastore_type,
             ds_root=launch.datastore_root,
+            code_package=(launch.package_sha, launch.package_blob),
             limits=self.limits,
         )
         scratch = tempfile.mkdtemp(prefix="relay-", dir=self.scratch_root)
