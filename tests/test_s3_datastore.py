@@ -110,3 +110,19 @@ def test_r2_style_settings_reach_the_sandbox(s3_project: Project):
     data, _ = _canary_run(s3_project, AWS_DEFAULT_REGION="auto", METAFLOW_SANDBOX_S3_CREDENTIALS="forward")
     assert data["region"] == "auto"
     assert data["endpoint"] == s3_project.env["METAFLOW_S3_ENDPOINT_URL"]
+
+
+def test_two_fresh_servers_with_the_same_bucket_name_both_work(s3_project: Project):
+    """What the launcher publishes once (the compiled code package, the client bundle) is checked against the
+    store before a sandbox depends on it: a second, empty server behind the same bucket name gets it again."""
+    from metaflow_sandbox_testing.s3_server import S3Server
+
+    project = s3_project
+    bucket = "same-name"
+    for _ in range(2):
+        with S3Server() as server:
+            server.create_bucket(bucket, versioned=True)
+            project.env.update(server.metaflow_env(bucket))
+            result = project.run("artifacts_flow.py", "run", check=False)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "Traceback" not in result.stdout + result.stderr

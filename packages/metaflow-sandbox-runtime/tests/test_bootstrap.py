@@ -176,3 +176,40 @@ def test_libraries_are_fetched_only_when_the_image_cannot_import_them(tmp_path):
         assert fetches == ["/lib.tgz"] and not (tmp_path / "unused").exists()
     finally:
         server.shutdown()
+
+
+def test_a_missing_object_exits_202_with_one_line_naming_it(tmp_path):
+    """A code package the store no longer holds (a bucket emptied, a fresh server): one line, no traceback."""
+    import http.server
+    import threading
+
+    class Missing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Missing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        plan = Plan(
+            python=sys.executable,
+            argv=["-c", "print('never')"],
+            package_dir=str(tmp_path / "pkg"),
+            workdir=str(tmp_path / "w"),
+            package_url=f"http://127.0.0.1:{server.server_address[1]}/bucket/pkg.tgz?X-Amz-Signature=secret",
+        )
+        (tmp_path / "plan.json").write_text(plan.to_json())
+        done = subprocess.run(
+            plan.command(bootstrap_path(), str(tmp_path / "plan.json")), capture_output=True, text=True
+        )
+    finally:
+        server.shutdown()
+    assert done.returncode == 202
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "could not fetch the code package from http://127.0.0.1" in lines[0]
+    assert "/bucket/pkg.tgz: HTTP 404 (the object is missing from the datastore" in lines[0]
+    assert "secret" not in lines[0]

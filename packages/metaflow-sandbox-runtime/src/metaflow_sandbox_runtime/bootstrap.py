@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
 import urllib.request
 
 MAX_LINE = 1 << 20  # a longer line is cut into records of this size
@@ -77,14 +78,29 @@ def _check_endpoints(endpoints):
     return None
 
 
-def _fetch(url, path):
+class FetchError(Exception):
+    """Something the plan names could not be fetched; the message names it and the likely cause."""
+
+
+def _fetch(url, path, what):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with urllib.request.urlopen(url, timeout=300) as response, open(path, "wb") as out:
-        while True:
-            chunk = response.read(1 << 20)
-            if not chunk:
-                break
-            out.write(chunk)
+    shown = url.split("?", 1)[0]  # never print a presigned URL's signature
+    try:
+        with urllib.request.urlopen(url, timeout=300) as response, open(path, "wb") as out:
+            while True:
+                chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+    except urllib.error.HTTPError as error:
+        cause = {
+            403: "the link expired or the store refused it",
+            404: "the object is missing from the datastore (removed by a clean-up or lifecycle rule, or "
+            "another store answers at that endpoint); run the flow again to publish it",
+        }.get(error.code, "the store answered with an error")
+        raise FetchError("could not fetch %s from %s: HTTP %s (%s)" % (what, shown, error.code, cause))
+    except (OSError, ValueError) as error:
+        raise FetchError("could not fetch %s from %s: %s" % (what, shown, error))
 
 
 _PROBE = "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))"
@@ -106,7 +122,7 @@ def _provide_libraries(python, env, libraries):
         directory = library["dir"]
         if not os.path.exists(os.path.join(directory, EXTRACTED_MARKER)):
             archive = directory + ".tgz"
-            _fetch(library["url"], archive)
+            _fetch(library["url"], archive, "the datastore client bundle")
             _extract_package(archive, directory)
             os.unlink(archive)
         paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -189,14 +205,6 @@ def run(plan):
         sys.stderr.write("[sandbox] %s\n" % unreachable)
         return EXIT_UNREACHABLE
     package = plan.get("package") or {}
-    if package.get("url"):
-        package["archive"] = package.get("archive") or os.path.join(
-            package["dir"] + ".download", "package.tgz"
-        )
-        if not os.path.exists(os.path.join(package["dir"], EXTRACTED_MARKER)):
-            _fetch(package["url"], package["archive"])
-    if package.get("archive"):
-        _extract_package(package["archive"], package["dir"])
     workdir = plan.get("workdir") or os.getcwd()
     os.makedirs(workdir, exist_ok=True)
     # The sandbox's own basics (set by the backend, never the launcher's), then the step's environment.
@@ -205,7 +213,19 @@ def run(plan):
     python = plan["python"]
     if os.sep not in python:  # e.g. "python3" from the image: resolve it on the sandbox's PATH
         python = shutil.which(python, path=env.get("PATH")) or python
-    _provide_libraries(python, env, plan.get("libraries") or [])
+    try:
+        if package.get("url"):
+            package["archive"] = package.get("archive") or os.path.join(
+                package["dir"] + ".download", "package.tgz"
+            )
+            if not os.path.exists(os.path.join(package["dir"], EXTRACTED_MARKER)):
+                _fetch(package["url"], package["archive"], "the code package")
+        if package.get("archive"):
+            _extract_package(package["archive"], package["dir"])
+        _provide_libraries(python, env, plan.get("libraries") or [])
+    except FetchError as error:
+        sys.stderr.write("[sandbox] %s\n" % error)
+        return EXIT_UNREACHABLE
     source = plan.get("log_source", "task")
     logs = plan.get("log_paths") or {}
 

@@ -9,7 +9,6 @@ Either way, the relay then accepts only what belongs to the launched task.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -234,13 +233,15 @@ class S3Channel(Channel):
         )
 
     def _publish(self, archive: str) -> S3Location:
-        """Store a launcher-built, content-named archive under the datastore root, once per machine."""
+        """Store a launcher-built, content-named archive under the datastore root unless the store holds it.
+
+        Checked against the store itself every time a sandbox is about to depend on it: a bucket emptied by
+        a clean-up or lifecycle rule, or another store behind the same bucket name, is never trusted from a
+        local note.
+        """
         location = self.s3.root.child(PACKAGES_PREFIX, os.path.basename(archive))
-        uploaded = f"{archive}.{hashlib.sha1(location.url.encode()).hexdigest()[:16]}.uploaded"
-        if not os.path.exists(uploaded):
-            if not self.s3.exists(location):
-                self.s3.upload(archive, location)
-            open(uploaded, "w").close()
+        if not self.s3.exists(location):
+            self.s3.upload(archive, location)
         return location
 
     def libraries(self) -> list[dict]:
