@@ -112,6 +112,9 @@ def _base_env(tmp: Path) -> dict[str, str]:
         METAFLOW_SANDBOX_CACHE_DIR=str(tmp / "cache"),
         METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR=str(tmp / "bwrap-state"),
         METAFLOW_SANDBOX_BACKEND=BACKEND,
+        # Each test gets its own sandbox host, in its own directory; it goes soon after the test.
+        METAFLOW_SANDBOX_HOST_DIR=str(tmp / "host"),
+        METAFLOW_SANDBOX_HOST_IDLE="15",
         PYTHONPATH=os.environ.get("PYTHONPATH", ""),
     )
     return env

@@ -78,27 +78,6 @@ def test_first_log_line_arrives_while_the_step_runs(project: Project):
     assert seen["LIVE-SECOND"] - seen["LIVE-FIRST"] > 2.0
 
 
-@pytest.mark.parametrize("metadata", ["local"])
-def test_trampoline_cli_launcher(tmp_path, metadata):
-    from .conftest import _base_env
-
-    root = tmp_path / "project"
-    (root / ".metaflow").mkdir(parents=True)
-    project = Project(
-        root=root,
-        metadata=metadata,
-        env={
-            **_base_env(tmp_path),
-            "METAFLOW_SANDBOX_LAUNCHER": "cli",
-            "METAFLOW_SANDBOX_BACKEND": "bubblewrap",
-        },
-    )
-    result = project.run("retry_flow.py", "run")
-    assert "sandbox step flaky" not in result.stderr  # no usage errors from the CLI
-    data = project.query("result = Flow('RetryFlow').latest_run['flaky'].task.data.attempt_that_worked")
-    assert data == 1
-
-
 def test_metaflow_local_service_run_form(tmp_path):
     """`metaflow-local-service run python flow.py run`, exactly as a user types it."""
     from .conftest import _base_env

@@ -42,8 +42,9 @@ class BubblewrapBackend(Backend):
         isolation=Isolation.NAMESPACES,
         local=True,
         can_mount=True,
-        # DATASTORE shares the host network for now; an egress allow-list is not enforced yet.
-        network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.DATASTORE, NetworkPolicy.FULL}),
+        # Not DATASTORE: a backend declares a policy only if it enforces it, and bubblewrap has no egress
+        # allow-list yet (a step on S3 gets the host's network; the runtime says so once per run).
+        network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL}),
     )
 
     def __init__(self, bwrap: str | None = None, state_dir: str | None = None):

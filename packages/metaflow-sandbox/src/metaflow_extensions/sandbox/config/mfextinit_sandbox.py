@@ -6,9 +6,12 @@ from metaflow.metaflow_config_funcs import from_conf
 SANDBOX_BACKEND = from_conf("SANDBOX_BACKEND")
 # Where extracted code packages and staging trees live on the launcher (default ~/.cache/metaflow-sandbox).
 SANDBOX_CACHE_DIR = from_conf("SANDBOX_CACHE_DIR")
-# "fast": the runtime spawns a light launcher that does not import metaflow or the flow (default);
-# "cli": it spawns `python flow.py sandbox step ...` like @batch does.
-SANDBOX_LAUNCHER = from_conf("SANDBOX_LAUNCHER", "fast")
+# Where a sandboxed task's executor runs: "host" (default): in the user's warm sandbox host, the task process
+# being its thin client; "process": in the task process itself (a light launcher that does not import
+# metaflow or the flow; "fast" is the old name); "cli": `python flow.py sandbox step ...`, like @batch.
+SANDBOX_LAUNCHER = from_conf("SANDBOX_LAUNCHER", "host")
+# Seconds the sandbox host waits without a task before it exits (METAFLOW_SANDBOX_HOST_IDLE; default 600).
+SANDBOX_HOST_IDLE = from_conf("SANDBOX_HOST_IDLE", 600)
 # The interpreter a sandbox runs the step with (default: the launcher's own; for bubblewrap it may be any
 # Python environment on this machine, e.g. a clean venv without metaflow).
 SANDBOX_PYTHON = from_conf("SANDBOX_PYTHON")

@@ -17,6 +17,7 @@ VALIDATED_ENV = "METAFLOW_SANDBOX_VALIDATED"
 
 OTHER_COMPUTE_DECORATORS = ("batch", "kubernetes")
 LIGHT_LAUNCHER = "metaflow_extensions.sandbox.plugins.sandbox.launch"
+HOST_CLIENT = "metaflow_extensions.sandbox.plugins.sandbox.host_client"
 
 
 def _config(name):
@@ -24,6 +25,20 @@ def _config(name):
     from metaflow import metaflow_config
 
     return getattr(metaflow_config, name, None)
+
+
+def _host_identity():
+    """The host socket and code fingerprint for this run's tasks (computed once per runtime process)."""
+    if SandboxDecorator._host_identity is None:
+        from .host_client import CODE_ENV, IDLE_ENV, SOCKET_ENV
+        from .host_identity import code_fingerprint, host_socket
+
+        SandboxDecorator._host_identity = {
+            SOCKET_ENV: host_socket(),
+            CODE_ENV: code_fingerprint(),
+            IDLE_ENV: str(_config("SANDBOX_HOST_IDLE") or 600),
+        }
+    return SandboxDecorator._host_identity
 
 
 def _input_paths(value):
@@ -71,6 +86,8 @@ class SandboxDecorator(StepDecorator):
     target_platform = "linux-64"
 
     _default_backend = None
+    _host_identity: dict[str, str] | None = None  # the sandbox host's socket and code fingerprint
+    _full_network_noted: set[str] = set()  # backends whose full-network fallback the run was told about
     _saved_packages: dict[
         tuple[str, str], tuple[str, str, str]
     ] = {}  # (root, run id) -> (url, sha, metadata)
@@ -149,6 +166,17 @@ class SandboxDecorator(StepDecorator):
                     name,
                     ", ".join(sorted(p.value for p in backend.capabilities.network_policies)),
                 )
+            )
+        falls_back = (
+            options.network is None
+            and flow_datastore.TYPE != "local"
+            and NetworkPolicy.DATASTORE not in backend.capabilities.network_policies
+        )
+        if falls_back and name not in SandboxDecorator._full_network_noted:
+            SandboxDecorator._full_network_noted.add(name)
+            logger(
+                "The %r backend cannot limit a sandbox's egress to the datastore: sandboxed steps of this run "
+                "get full network (set network='full' on them to make that explicit)." % name
             )
         if flow_datastore.TYPE == "local" and not backend.capabilities.can_mount:
             raise ConfigError(
@@ -259,10 +287,14 @@ class SandboxDecorator(StepDecorator):
         launch = self._task_launch(cli_args, retry_count)
         cli_args.commands = ["sandbox", "step"]
         cli_args.command_options["sandbox-launch"] = launch.save(os.path.join(launch.cache_dir, "launch"))
-        if _config("SANDBOX_LAUNCHER") == "cli":
+        mode = _config("SANDBOX_LAUNCHER") or "host"
+        if mode == "cli":
             cli_args.entrypoint[0] = sys.executable
-        else:
+        elif mode in ("process", "fast"):
             cli_args.entrypoint = [sys.executable, "-m", LIGHT_LAUNCHER]
+        else:  # the warm host runs the task; the task process is its thin client
+            cli_args.entrypoint = [sys.executable, "-m", HOST_CLIENT]
+            cli_args.env.update(_host_identity())
 
     def _task_launch(self, cli_args, retry_count):
         from metaflow import util

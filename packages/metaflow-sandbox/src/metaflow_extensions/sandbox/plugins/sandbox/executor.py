@@ -40,7 +40,11 @@ TIMEOUT_GRACE = 30.0  # the in-task @timeout fires first; the sandbox limit is t
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM/SIGHUP arrived; unwind so the sandbox is destroyed."""
+    """SIGINT/SIGTERM/SIGHUP arrived (or the task's client went away); unwind so the sandbox is destroyed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def _say(message: str) -> None:
@@ -56,16 +60,36 @@ def _forward(stream: str, line: bytes) -> None:
 
 
 def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+    raise Interrupted(signum)
 
 
 class TaskExecutor:
-    """Composes the pieces for one attempt; `run()` returns the process exit code."""
+    """Composes the pieces for one attempt; `run()` returns the process exit code.
 
-    def __init__(self, launch: TaskLaunch, command: StepCommand, say: Callable[[str], None] = _say):
+    In the task's own process (`launch.py`) it writes to that process's stdout/stderr and handles its
+    signals; in the sandbox host, `say`/`output` go to the task's client and `interrupt()` comes from it.
+    """
+
+    def __init__(
+        self,
+        launch: TaskLaunch,
+        command: StepCommand,
+        say: Callable[[str], None] = _say,
+        output: Callable[[str, bytes], None] = _forward,
+        backends: Callable[[str], Backend] = load_backend,
+        extra_labels: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ):
         self.launch = launch
         self.command = command
         self.say = say
+        self.output = output
+        self.backends = backends
+        self.extra_labels = extra_labels or {}
+        self.cwd = cwd or os.getcwd()  # the task's: relative paths of its command line resolve there
+        self._interrupted: int | None = None
+        self._sandbox: Sandbox | None = None
+        self._sandbox_lock = threading.Lock()
         unique = uuid.uuid4().hex
         self.staging = os.path.join(launch.cache_dir, "staging", unique)
         self.scratch = os.path.join(launch.cache_dir, "relay", unique)
@@ -77,14 +101,26 @@ class TaskExecutor:
         self._timings.append((phase, now - self._last))
         self._last = now
 
-    def run(self) -> int:
-        previous = {
-            s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
+    def interrupt(self, signum: int) -> None:
+        """From another thread: stop the task as if `signum` arrived (its sandbox is destroyed now)."""
+        with self._sandbox_lock:
+            if self._interrupted is None:
+                self._interrupted = signum
+            sandbox = self._sandbox
+        if sandbox is not None:
+            sandbox.destroy()
+
+    def _check_interrupted(self) -> None:
+        if self._interrupted is not None:
+            raise Interrupted(self._interrupted)
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if install_signal_handlers else ()
+        previous = {s: signal.signal(s, _raise_interrupted) for s in signals}
         channel: Channel | None = None
         try:
             try:
-                backend = load_backend(self.launch.backend)
+                backend = self.backends(self.launch.backend)
                 threading.Thread(target=backend.preload, name="preload", daemon=True).start()
                 os.makedirs(self.staging, mode=0o700)
                 os.makedirs(self.scratch, mode=0o700)
@@ -95,8 +131,10 @@ class TaskExecutor:
             except SandboxError as error:
                 self.say(f"{error}")
                 return EXIT_INFRASTRUCTURE
+            self._check_interrupted()
             code = self._run_in_sandbox(backend, spec, channel)
             self._mark("sandbox")
+            self._check_interrupted()
             if code == EXIT_INFRASTRUCTURE:
                 return code
             try:
@@ -106,9 +144,9 @@ class TaskExecutor:
                 self.say(f"Task failed: {error}")
                 return EXIT_INFRASTRUCTURE
             return code
-        except Interrupted as signal_name:
-            self.say(f"Interrupted ({signal_name}); the sandbox was destroyed.")
-            return 128 + signal.SIGINT
+        except Interrupted as interrupted:
+            self.say(f"Interrupted ({interrupted}); the sandbox was destroyed.")
+            return 128 + interrupted.signum
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -128,7 +166,7 @@ class TaskExecutor:
             mounts += [Mount(prefix, prefix, read_only=True) for prefix in launch.python_prefixes]
             config_file = self.command.option_value("--local-config-file")
             if config_file:
-                path = os.path.abspath(config_file)
+                path = os.path.normpath(os.path.join(self.cwd, config_file))
                 mounts.append(Mount(path, path, read_only=True))
                 readable.append(path)
         spec = dict(launch.spec)
@@ -137,13 +175,14 @@ class TaskExecutor:
         if spec.get("network") is None:  # unset: what the datastore needs, nothing more
             needed = channel.network
             if needed not in backend.capabilities.network_policies:
-                # The step cannot run without its datastore; this backend cannot narrow egress to it.
+                # The step cannot run without its datastore and this backend cannot narrow egress to it (the
+                # runtime said so once for the run).
                 needed = NetworkPolicy.FULL
-                self.say(
-                    f"The {backend.name} backend cannot limit egress to the datastore; the sandbox gets full network."
-                )
             spec["network"] = needed.value
-        return SandboxSpec(**spec, mounts=tuple(mounts), readable=tuple(readable), labels=launch.labels)
+        if spec["network"] == NetworkPolicy.DATASTORE.value:
+            spec["network_allow"] = tuple(f"{e['host']}:{e['port']}" for e in channel.endpoints())
+        labels = {**launch.labels, **self.extra_labels}
+        return SandboxSpec(**spec, mounts=tuple(mounts), readable=tuple(readable), labels=labels)
 
     def _plan(self, channel: Channel) -> Plan:
         launch = self.launch
@@ -178,6 +217,9 @@ class TaskExecutor:
                 lambda: backend.create(spec),
                 on_retry=lambda error, delay: self.say(f"{error} — retrying in {delay:.1f}s"),
             )
+            with self._sandbox_lock:
+                self._sandbox = sandbox
+            self._check_interrupted()
             self.say(
                 f"Running in {backend.name} sandbox {sandbox.id} (ready in {time.monotonic() - started:.2f}s)."
             )
@@ -186,11 +228,14 @@ class TaskExecutor:
             bootstrap, plan_file = f"{channel.base}/bootstrap.py", f"{channel.base}/plan.json"
             sandbox.upload(bootstrap_source(), bootstrap)
             sandbox.upload(plan.to_json().encode(), plan_file)
-            return sandbox.run(plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=_forward)
+            return sandbox.run(
+                plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=self.output
+            )
         except SandboxTimeoutError:
             self.say(f"The step ran past its {spec.timeout:.0f}s sandbox time limit and was killed.")
             return EXIT_TIMEOUT
         except SandboxError as error:
+            self._check_interrupted()  # destroyed on purpose: not an infrastructure failure
             self.say(f"Sandbox infrastructure failure: {error}")
             return EXIT_INFRASTRUCTURE
         finally:
@@ -198,14 +243,13 @@ class TaskExecutor:
                 sandbox.destroy()
 
 
-def launch_from_argv(argv: list[str]) -> int:
-    """Entry point shared by the light launcher and `flow.py sandbox step`."""
+def load_task(argv: list[str]) -> tuple[TaskLaunch, StepCommand]:
+    """The task a trampoline argv describes; its TaskLaunch file is read once and removed."""
     from .step_command import parse_step_command
 
     command = parse_step_command(argv)
-    launch = TaskLaunch.load(command.launch_path)
     try:
-        return TaskExecutor(launch, command).run()
+        return TaskLaunch.load(command.launch_path), command
     finally:
         try:
             os.unlink(command.launch_path)
@@ -213,4 +257,10 @@ def launch_from_argv(argv: list[str]) -> int:
             pass
 
 
-__all__ = ["EXIT_INFRASTRUCTURE", "TaskExecutor", "launch_from_argv"]
+def launch_from_argv(argv: list[str]) -> int:
+    """Entry point shared by the light launcher and `flow.py sandbox step`: the task runs in this process."""
+    launch, command = load_task(argv)
+    return TaskExecutor(launch, command).run()
+
+
+__all__ = ["EXIT_INFRASTRUCTURE", "TaskExecutor", "launch_from_argv", "load_task"]

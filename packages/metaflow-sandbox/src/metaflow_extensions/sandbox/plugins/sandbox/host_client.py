@@ -1,0 +1,123 @@
+"""The thin client the Metaflow runtime spawns per sandboxed task when the warm host is on (standard library only).
+
+`python -m metaflow_extensions.sandbox.plugins.sandbox.host_client [argv of flow.py]`: hands the task to the
+user's sandbox host (starting one if none answers), writes the task's output to its own stdout/stderr
+unchanged, forwards SIGINT/SIGTERM/SIGHUP, and exits with the step's code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from . import host_protocol as wire
+
+SOCKET_ENV = "METAFLOW_SANDBOX_HOST_SOCKET"
+CODE_ENV = "METAFLOW_SANDBOX_HOST_CODE"
+IDLE_ENV = "METAFLOW_SANDBOX_HOST_IDLE"
+HOST_MODULE = "metaflow_extensions.sandbox.plugins.sandbox.sandbox_host"
+START_TIMEOUT = 30.0
+EXIT_INFRASTRUCTURE = 202
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"[sandbox] {message}\n")
+    sys.stderr.flush()
+
+
+def _connect(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _start_host(path: str) -> None:
+    """Start a host on `path` in its own session (it outlives this task); it logs next to its socket."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    with open(path + ".log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", HOST_MODULE, "--socket", path],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _handed_over(path: str, hello: dict) -> socket.socket:
+    """A connection whose host accepted the task: a running host, else a new one (replacing a stale one)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    started = False
+    while time.monotonic() < deadline:
+        sock = _connect(path)
+        if sock is None:
+            if not started:
+                _start_host(path)
+                started = True
+            time.sleep(0.02)
+            continue
+        try:
+            wire.send(sock, wire.HELLO, hello)
+            kind, _ = wire.receive(sock)
+        except (OSError, wire.ConnectionClosed):
+            sock.close()
+            time.sleep(0.05)
+            continue
+        if kind == wire.ACCEPT:
+            return sock
+        sock.close()  # STALE: that host retires and frees the socket; start the current one
+        started = False
+        time.sleep(0.05)
+    raise OSError(f"no sandbox host answered on {path} within {START_TIMEOUT:.0f} s (see {path}.log)")
+
+
+def main(argv: list[str]) -> int:
+    path, code = os.environ.get(SOCKET_ENV), os.environ.get(CODE_ENV, "")
+    if not path:
+        _say(f"{SOCKET_ENV} is not set; the runtime sets it when it hands tasks to the sandbox host.")
+        return EXIT_INFRASTRUCTURE
+    hello = {"protocol": wire.PROTOCOL, "code": code, "argv": argv, "cwd": os.getcwd()}
+    try:
+        sock = _handed_over(path, hello)
+    except OSError as error:
+        _say(f"Sandbox infrastructure failure: {error}")
+        return EXIT_INFRASTRUCTURE
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            wire.send(sock, wire.SIGNAL, {"signum": signum})
+        except OSError:
+            pass
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    streams = {wire.OUT: sys.stdout.buffer, wire.ERR: sys.stderr.buffer}
+    try:
+        while True:
+            kind, payload = wire.receive(sock)
+            if kind == wire.EXIT:
+                return int(wire.decode(payload).get("code", EXIT_INFRASTRUCTURE))
+            stream = streams.get(kind)
+            if stream is not None:
+                stream.write(payload)
+                stream.flush()
+    except (OSError, wire.ConnectionClosed):
+        _say("The sandbox host went away before the task ended; its sandbox was destroyed with it.")
+        return EXIT_INFRASTRUCTURE
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
