@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from metaflow_sandbox_bubblewrap.layout import Bind, SandboxLayout, host_path_for, mount_binds
+from metaflow_sandbox_bubblewrap.layout import (
+    READER_GID,
+    Bind,
+    SandboxLayout,
+    SandboxUser,
+    host_path_for,
+    mount_binds,
+)
 from metaflow_sandbox_core import ConfigError, Mount
 
 
@@ -78,3 +89,33 @@ def test_layout_synthesizes_passwd_without_host_accounts(layout: SandboxLayout) 
     assert "sandbox:x:1000:1000:sandbox:/home/sandbox:/bin/sh" in passwd
     assert Path("/etc/passwd").read_text() != passwd
     assert oct(os.stat(layout.host_dir).st_mode & 0o777) == "0o700"
+
+
+def test_grant_read_adds_the_readers_group_without_changing_owner_group_or_others():
+    """What a root launcher's sandbox must read (Metaflow writes 0600) becomes readable to the readers' group
+    through an ACL entry; nobody else gains anything and ownership stays the launcher's."""
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # parents the sandbox user can pass, as mounts make them
+    base.chmod(0o755)
+    try:
+        root = base / "mount"
+        (root / "run" / "task").mkdir(parents=True)
+        secret = root / "run" / "task" / "0.data.json"
+        secret.write_text("{}")
+        secret.chmod(0o600)
+        (root / "run").chmod(0o700)
+        before = secret.stat()
+        SandboxUser(2_000_000_001, 2_000_000_001, drop_from_root=True).grant_read([str(secret)], [str(root)])
+        after = secret.stat()
+        assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+        assert not stat.S_IMODE(after.st_mode) & 0o007  # others: still nothing
+        if os.geteuid() == 0:  # read it as a sandbox user would, with and without the group
+            as_user = ["setpriv", "--reuid=2000000001", "--regid=2000000001"]
+            script = ["sh", "-c", f"cat {secret} && echo READ"]
+            allowed = subprocess.run(
+                [*as_user, f"--groups={READER_GID}", *script], capture_output=True, text=True
+            )
+            denied = subprocess.run([*as_user, "--clear-groups", *script], capture_output=True, text=True)
+            assert allowed.stdout.endswith("READ\n"), allowed.stderr
+            assert "READ" not in denied.stdout
+    finally:
+        shutil.rmtree(base)

@@ -39,7 +39,7 @@ def test_wrong_hash_is_refused():
 def test_inflation_stops_at_the_declared_size():
     bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
     stored = bomb.compress(bytes(256 << 20)) + bomb.flush()
-    with pytest.raises(BlobRefused, match="inflates past its declared size of 1000"):
+    with pytest.raises(BlobRefused, match="inflates past the limit of its declared size, 1000 bytes"):
         copy(stored, declared=1000)
 
 

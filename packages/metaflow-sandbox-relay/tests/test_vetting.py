@@ -183,5 +183,15 @@ def test_a_blob_far_larger_than_declared_is_refused_unread(env):
     with open(path, "r+b") as f:
         f.truncate(8 << 30)  # sparse: 8 GiB that would take the launcher long to hash
     write(stage, f"{TASK}/0.data.json", listing(x=(sha, size)))
-    with pytest.raises(RelayRefusedError, match="far more than its declared size"):
+    with pytest.raises(RelayRefusedError, match="far more than the limit of its declared size"):
         vet()
+
+
+def test_an_artifact_larger_than_the_step_could_have_pickled_is_refused_unread(env):
+    """A 1 MB gzip stream that claims (and holds) a 1 GiB pickle, from a step with memory=256."""
+    stage, real, vet, _ = env
+    sha, size = stage_blob(stage, b"x" * 1000)
+    write(stage, f"{TASK}/0.data.json", listing(x=(sha, size)))
+    policy = TaskPolicy(ds_root=real, max_artifact_bytes=999, artifact_limit_reason="the step's memory=...")
+    with pytest.raises(RelayRefusedError, match=r"declares \d+ bytes, more than the limit of 999 bytes"):
+        vet(policy)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import functools
+import operator
 import os
 import posixpath
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,14 +93,62 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+ACL_XATTR = "system.posix_acl_access"
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
+    0x01,
+    0x02,
+    0x04,
+    0x08,
+    0x10,
+    0x20,
+)
+_NO_ID = 0xFFFFFFFF
+
+
 def _grant(path: str, bits: int) -> None:
-    """Add `bits` for the readers' group, unless everyone already has them."""
+    """Let the readers' group do `bits` (0o040 read, 0o050 read + search) on `path`, unless everyone may:
+    a named-group entry in its POSIX ACL (owner, group and mode stay the launcher's); where the filesystem
+    has no ACLs, the file's group becomes the readers' group instead."""
     info = os.lstat(path)
     if info.st_mode & (bits >> 3) == bits >> 3:
         return
-    if info.st_gid != READER_GID:
-        os.chown(path, -1, READER_GID, follow_symlinks=False)
-    os.chmod(path, (info.st_mode & 0o7777 & ~0o6000) | bits)
+    perm = bits >> 3
+    try:
+        current: bytes | None = os.getxattr(path, ACL_XATTR, follow_symlinks=False)
+    except OSError as error:
+        if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            if info.st_gid != READER_GID:
+                os.chown(path, -1, READER_GID, follow_symlinks=False)
+            os.chmod(path, (info.st_mode & 0o7777 & ~0o6000) | bits)
+            return
+        if error.errno != errno.ENODATA:
+            raise
+        current = None
+    entries = _acl_entries(current, info.st_mode)
+    if entries.get((_ACL_GROUP, READER_GID), 0) & perm == perm:
+        return
+    entries[(_ACL_GROUP, READER_GID)] = entries.get((_ACL_GROUP, READER_GID), 0) | perm
+    entries[(_ACL_MASK, _NO_ID)] = 0
+    entries[(_ACL_MASK, _NO_ID)] = functools.reduce(
+        operator.or_,
+        (p for (tag, _), p in entries.items() if tag in (_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP)),
+        0,
+    )
+    packed = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, permission, ident) for (tag, ident), permission in sorted(entries.items())
+    )
+    os.setxattr(path, ACL_XATTR, packed, follow_symlinks=False)
+
+
+def _acl_entries(packed: bytes | None, mode: int) -> dict[tuple[int, int], int]:
+    """(tag, id) → permission of an access ACL (as the kernel stores it), or the mode's minimal ACL."""
+    if not packed:
+        return {
+            (_ACL_USER_OBJ, _NO_ID): (mode >> 6) & 7,
+            (_ACL_GROUP_OBJ, _NO_ID): (mode >> 3) & 7,
+            (_ACL_OTHER, _NO_ID): mode & 7,
+        }
+    return {(tag, ident): permission for tag, permission, ident in struct.iter_unpack("<HHI", packed[4:])}
 
 
 #: The sandbox user of an unprivileged launcher (what tests of the argv shape use).

@@ -73,7 +73,7 @@ def copy_verified_blob(
                 if inflated > inflate_limit:
                     inflater, gzip_problem = (
                         None,
-                        f"it inflates past its declared size of {inflate_limit} bytes",
+                        f"it inflates past the limit of its declared size, {inflate_limit} bytes",
                     )
                     break
                 budget.spend(len(out))

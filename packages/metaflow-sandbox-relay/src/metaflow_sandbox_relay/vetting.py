@@ -44,6 +44,9 @@ class TaskPolicy:
     ds_root: str = ""
     #: The code package the launcher gave the task: (sha, location).
     code_package: tuple[str, str] | None = None
+    #: No new artifact may be larger than this once unpickled-ready (bytes), and what sets it.
+    max_artifact_bytes: int = 1 << 30
+    artifact_limit_reason: str = "METAFLOW_SANDBOX_MAX_ARTIFACT_BYTES"
     limits: Limits = field(default_factory=Limits)
 
 
@@ -180,7 +183,9 @@ def vet_task(
         try:
             if sha in staged_blobs and not store.exists(rel):
                 vetted.blobs.append(
-                    _vet_new_blob(staged, staged_blobs[sha], sha, listing, budget, scratch, allowed, pickled)
+                    _vet_new_blob(
+                        staged, staged_blobs[sha], sha, listing, budget, scratch, allowed, pickled, policy
+                    )
                 )
                 continue
             if parents is None:
@@ -218,12 +223,21 @@ def _vet_new_blob(
     scratch: str,
     allowed: TrustRule,
     pickled: bool,
+    policy: TaskPolicy,
 ) -> tuple[str, str, bool]:
     """Copy a staged blob privately while checking it; return (rel, copy, cas_raw) or raise `BlobRefused`."""
+    limit = policy.max_artifact_bytes
     declared = listing.declared_size(sha)
+    if declared is not None and declared > limit:
+        raise BlobRefused(
+            f"it declares {declared} bytes, more than the limit of {limit} bytes ({policy.artifact_limit_reason})"
+        )
+    declared = limit if declared is None else declared
     size = staged.sizes.get(rel)
-    if declared is not None and size is not None and size > declared + declared // 100 + _GZIP_SLACK:
-        raise BlobRefused(f"its blob is {size} bytes, far more than its declared size of {declared}")
+    if size is not None and size > declared + declared // 100 + _GZIP_SLACK:
+        raise BlobRefused(
+            f"its blob is {size} bytes, far more than the limit of its declared size, {declared}"
+        )
     fd, copy = tempfile.mkstemp(dir=scratch)
     with os.fdopen(fd, "wb") as target, staged.source.open(rel) as stream:
         raw = copy_verified_blob(stream, sha, target, declared, budget)

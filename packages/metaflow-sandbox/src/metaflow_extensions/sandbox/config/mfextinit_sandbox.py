@@ -22,3 +22,6 @@ SANDBOX_S3_CREDENTIALS = from_conf("SANDBOX_S3_CREDENTIALS", "sts")
 # 16 GiB), and seconds (default 1800). A task past either fails (exit 202) and nothing of it is applied.
 SANDBOX_MAX_RESULT_BYTES = from_conf("SANDBOX_MAX_RESULT_BYTES", 16 << 30)
 SANDBOX_RELAY_TIMEOUT = from_conf("SANDBOX_RELAY_TIMEOUT", 1800)
+# The largest artifact (bytes, as pickled) a sandboxed step without memory= may return (default 1 GiB); with
+# memory= the bound is the step's memory, where the artifact was pickled.
+SANDBOX_MAX_ARTIFACT_BYTES = from_conf("SANDBOX_MAX_ARTIFACT_BYTES", 1 << 30)

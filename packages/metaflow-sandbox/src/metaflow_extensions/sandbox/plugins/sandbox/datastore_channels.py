@@ -120,6 +120,7 @@ class Channel:
             ds_root=launch.datastore_root,
             code_package=(launch.package_sha, launch.package_blob),
             limits=self.limits,
+            **self._artifact_limit(),
         )
         scratch = tempfile.mkdtemp(prefix="relay-", dir=self.scratch_root)
         try:
@@ -135,6 +136,17 @@ class Channel:
                 )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _artifact_limit(self) -> dict:
+        """An artifact is pickled in the sandbox's memory: none can be larger than the step's memory limit.
+        Without one, METAFLOW_SANDBOX_MAX_ARTIFACT_BYTES bounds what a sandbox may claim."""
+        memory_mb = self.launch.spec.get("memory_mb")
+        if memory_mb:
+            return {
+                "max_artifact_bytes": int(memory_mb) << 20,
+                "artifact_limit_reason": f"the step's memory={int(memory_mb)} MiB; an artifact is pickled in it",
+            }
+        return {"max_artifact_bytes": self.launch.max_artifact_bytes}
 
     @property
     def limits(self) -> Limits:

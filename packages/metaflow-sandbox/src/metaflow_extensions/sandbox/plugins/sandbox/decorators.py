@@ -378,6 +378,7 @@ class SandboxDecorator(StepDecorator):
             env_denylist=os.environ.get("METAFLOW_SANDBOX_ENV_DENYLIST", ""),
             parents=_input_paths(cli_args.command_options.get("input-paths")),
             max_result_bytes=int(_config("SANDBOX_MAX_RESULT_BYTES") or 16 << 30),
+            max_artifact_bytes=int(_config("SANDBOX_MAX_ARTIFACT_BYTES") or 1 << 30),
             relay_timeout=float(_config("SANDBOX_RELAY_TIMEOUT") or 1800),
         )
 

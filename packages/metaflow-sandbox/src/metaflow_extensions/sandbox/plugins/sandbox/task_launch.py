@@ -52,6 +52,8 @@ class TaskLaunch:
     parents: list[str] = field(default_factory=list)
     #: Bounds on checking the task's results (bytes read plus inflated; seconds).
     max_result_bytes: int = 16 << 30
+    #: The largest artifact a step without a memory limit may return (bytes, as pickled).
+    max_artifact_bytes: int = 1 << 30
     relay_timeout: float = 1800.0
 
     @property
