@@ -25,3 +25,8 @@ SANDBOX_RELAY_TIMEOUT = from_conf("SANDBOX_RELAY_TIMEOUT", 1800)
 # The largest artifact (bytes, as pickled) a sandboxed step without memory= may return (default 1 GiB); with
 # memory= the bound is the step's memory, where the artifact was pickled.
 SANDBOX_MAX_ARTIFACT_BYTES = from_conf("SANDBOX_MAX_ARTIFACT_BYTES", 1 << 30)
+# Comma-separated names or shell patterns added to the built-in deny list of variables that never enter a
+# sandbox (env_denylist.DEFAULT_DENYLIST).
+SANDBOX_ENV_DENYLIST = from_conf("SANDBOX_ENV_DENYLIST", "")
+# Print each sandboxed task's phase timings (prepare, sandbox, relay, cleanup).
+SANDBOX_TIMINGS = from_conf("SANDBOX_TIMINGS", False)

@@ -3,7 +3,10 @@ runs, whatever decorators the flow has there. Exports nothing."""
 
 import os as _os
 
-if _os.environ.get("METAFLOW_SANDBOX_STAGING"):
+from metaflow_extensions.sandbox.plugins.sandbox.attributes import DATASTORE_STAGING_ENV as _DATASTORE_STAGING
+from metaflow_extensions.sandbox.plugins.sandbox.attributes import STAGING_ENV as _STAGING
+
+if _os.environ.get(_STAGING):
     from metaflow_extensions.sandbox.plugins.sandbox.staged_storage import install_staged_storage as _install
 
-    _install(_os.environ["METAFLOW_SANDBOX_STAGING"], _os.environ.get("METAFLOW_SANDBOX_DATASTORE_STAGING"))
+    _install(_os.environ[_STAGING], _os.environ.get(_DATASTORE_STAGING))

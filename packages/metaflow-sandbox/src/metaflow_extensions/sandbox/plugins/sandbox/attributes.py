@@ -14,5 +14,8 @@ ATTRIBUTE_DEFAULTS = {
     "trusted_types": None,
 }
 
-#: Set inside a sandbox to the task's private staging directory.
+#: Set inside a sandbox to the task's private staging directory (its local metadata; for the local
+#: datastore also its datastore writes).
 STAGING_ENV = "METAFLOW_SANDBOX_STAGING"
+#: Set inside a sandbox to the staging root of a remote datastore (an s3:// prefix).
+DATASTORE_STAGING_ENV = "METAFLOW_SANDBOX_DATASTORE_STAGING"

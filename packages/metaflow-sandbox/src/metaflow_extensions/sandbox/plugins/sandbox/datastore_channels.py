@@ -37,6 +37,7 @@ from metaflow_sandbox_relay import (
     vet_task,
 )
 
+from .attributes import DATASTORE_STAGING_ENV, STAGING_ENV
 from .client_libraries import MODULES as CLIENT_MODULES
 from .client_libraries import client_bundle
 from .code_package import compiled_archive, ensure_extracted
@@ -183,7 +184,7 @@ class LocalChannel(Channel):
         return [store.path(rel) for rel in input_files(store, self.launch.flow, self.launch.parents)]
 
     def env(self) -> dict[str, str]:
-        return {"METAFLOW_SANDBOX_STAGING": self.staging}
+        return {STAGING_ENV: self.staging}
 
     def log_paths(self) -> dict[str, str]:
         task_dir = os.path.join(self.staging, self.task_path)
@@ -270,8 +271,8 @@ class S3Channel(Channel):
         return {
             **self.launch.s3_env,
             **self.credentials,
-            "METAFLOW_SANDBOX_STAGING": f"{self.base}/metadata",
-            "METAFLOW_SANDBOX_DATASTORE_STAGING": self.staged_datastore.url,
+            STAGING_ENV: f"{self.base}/metadata",
+            DATASTORE_STAGING_ENV: self.staged_datastore.url,
         }
 
     def log_paths(self) -> dict[str, str]:

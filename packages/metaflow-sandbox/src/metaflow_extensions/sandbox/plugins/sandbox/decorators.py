@@ -191,14 +191,14 @@ class SandboxDecorator(StepDecorator):
             )
         if flow_datastore.TYPE != "local" and options.network is NetworkPolicy.NONE:
             raise ConfigError(
-                "network='none' cannot reach the %s datastore the step reads and writes; use "
-                "network='datastore' (the default) or 'full'." % flow_datastore.TYPE
+                "network='none' cannot reach the %s datastore the step reads and writes; leave network unset "
+                "(the step gets what its datastore needs) or set network='full'." % flow_datastore.TYPE
             )
         if flow_datastore.TYPE == "s3":
             self._check_s3(flow_datastore)
         from .env_denylist import denylist, refuse_denied
 
-        patterns = denylist()
+        patterns = denylist(_config("SANDBOX_ENV_DENYLIST") or "")
         refuse_denied(options.env, "env=", patterns)
         for deco in decos:
             if deco.name == "environment":
@@ -375,7 +375,8 @@ class SandboxDecorator(StepDecorator):
             s3_region=s3.get("region"),
             s3_env=s3.get("env", {}),
             s3_credentials=_config("SANDBOX_S3_CREDENTIALS") or "sts",
-            env_denylist=os.environ.get("METAFLOW_SANDBOX_ENV_DENYLIST", ""),
+            env_denylist=_config("SANDBOX_ENV_DENYLIST") or "",
+            timings=bool(_config("SANDBOX_TIMINGS")),
             parents=_input_paths(cli_args.command_options.get("input-paths")),
             max_result_bytes=int(_config("SANDBOX_MAX_RESULT_BYTES") or 16 << 30),
             max_artifact_bytes=int(_config("SANDBOX_MAX_ARTIFACT_BYTES") or 1 << 30),

@@ -155,7 +155,7 @@ class TaskExecutor:
             shutil.rmtree(self.staging, ignore_errors=True)
             shutil.rmtree(self.scratch, ignore_errors=True)
             self._mark("cleanup")
-            if os.environ.get("METAFLOW_SANDBOX_TIMINGS"):
+            if self.launch.timings:
                 self.say("timings: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in self._timings))
 
     def _spec(self, backend: Backend, channel: Channel) -> SandboxSpec:

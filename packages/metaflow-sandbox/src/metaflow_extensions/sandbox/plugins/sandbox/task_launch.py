@@ -54,6 +54,8 @@ class TaskLaunch:
     max_result_bytes: int = 16 << 30
     #: The largest artifact a step without a memory limit may return (bytes, as pickled).
     max_artifact_bytes: int = 1 << 30
+    #: Print the launcher's phase timings for the task (METAFLOW_SANDBOX_TIMINGS).
+    timings: bool = False
     relay_timeout: float = 1800.0
 
     @property
