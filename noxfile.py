@@ -107,7 +107,7 @@ def integration(session: nox.Session, backend: str, datastore: str, metadata: st
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    install(session, *PACKAGES)
+    install(session, *EVERYTHING)
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

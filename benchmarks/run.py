@@ -38,6 +38,8 @@ def workspace() -> tuple[Path, dict[str, str]]:
         "METAFLOW_USER": "bench",
         "METAFLOW_SANDBOX_CACHE_DIR": str(root / "cache"),
         "METAFLOW_SANDBOX_BACKEND": "bubblewrap",
+        "METAFLOW_SANDBOX_HOST_DIR": str(root / "host"),
+        "METAFLOW_SANDBOX_HOST_IDLE": "30",
     }
     return root, env
 
@@ -79,6 +81,7 @@ def _fanout_overhead(
         "sandboxed_wall_s": round(b, 2),
         "tasks": WIDTH,
         "overhead_per_task_s": round((b - p) / WIDTH, 3),
+        "ratio": round(b / p, 2),
         "target_s": target,
         "runs": 1 + 2 * repeat,
         "runs_plain": [round(x, 2) for x in plain],
@@ -87,7 +90,14 @@ def _fanout_overhead(
 
 
 def p1_overhead(root: Path, env: dict[str, str], repeat: int) -> dict:
-    return _fanout_overhead(root, env, repeat, target=0.4)
+    """Through the warm host (the default), and with the executor in each task process, for comparison."""
+    result = _fanout_overhead(root, env, repeat, target=0.4)
+    result["target_ratio"] = 1.15
+    process = _fanout_overhead(root, {**env, "METAFLOW_SANDBOX_LAUNCHER": "process"}, repeat, target=0.4)
+    result["in_process"] = {
+        k: process[k] for k in ("plain_wall_s", "sandboxed_wall_s", "overhead_per_task_s", "ratio")
+    }
+    return result
 
 
 def p1_s3_overhead(root: Path, env: dict[str, str], repeat: int, clean_python: str) -> dict:
@@ -242,6 +252,34 @@ The predecessor is cheap here because the emulator's sandboxes are local process
 """
 
 
+def host_rows(results: dict) -> str:
+    """Table rows of the host benchmarks (host_bench.py), for those that ran."""
+    rows = []
+    if "P2" in results:
+        p2 = results["P2"]
+        rows.append(
+            f"| P2 | per-task overhead on the Daytona emulator + S3 (moto), foreach of {p2['tasks']}, `--max-workers 1`, "
+            f"warm host: (sandboxed wall - plain wall) / {p2['tasks']} | **{p2['overhead_per_task_s']} s** (plain "
+            f"{p2['plain_wall_s']} s, sandboxed {p2['sandboxed_wall_s']} s; sandboxes left {p2['sandboxes_left']}) | ≤ {p2['target_s']} s |"
+        )
+    if "P5" in results:
+        p5 = results["P5"]
+        rows.append(
+            f"| P5 | foreach of {p5['tasks']} on the Daytona emulator, `--max-workers {p5['max_workers']}` | **{p5['failures']} "
+            f"failures, {p5['sandboxes_left']} sandboxes left**, wall {p5['sandboxed_wall_s']} s vs plain {p5['plain_wall_s']} s "
+            f"(ratio {p5['ratio']}); busiest minute {p5['busiest_minute_creates']} sandboxes started (limit "
+            f"{p5['creates_per_minute_limit']}/min) | completes, 0 failures, 0 left, rate kept |"
+        )
+    if "R5" in results:
+        r5 = results["R5"]
+        last = r5["tasks"]
+        rows.append(
+            f"| R5 | {last} sandboxed tasks in a row through one host (bubblewrap) | **{r5['growth_mb']} MB** host RSS growth "
+            f"from task 50 ({r5['host_rss_at_50_mb']} MB) to task {last} ({r5[f'host_rss_at_{last}_mb']} MB) | ≤ {r5['target_growth_mb']} MB |"
+        )
+    return "\n".join(rows) + ("\n" if rows else "")
+
+
 def write_markdown(results: dict, path: Path) -> None:
     p1, p3, p4, s3 = results["P1"], results["P3"], results["P4"], results["P1_S3"]
     text = f"""# Benchmarks
@@ -251,12 +289,13 @@ Every figure is a difference or ratio against a baseline measured in the same ru
 
 | id | what | result | target |
 | --- | --- | --- | --- |
-| P1 | per-task overhead, foreach of {p1["tasks"]} with `--max-workers 1`, bubblewrap + local datastore: (sandboxed wall - plain wall) / {p1["tasks"]} | **{p1["overhead_per_task_s"]} s** (plain {p1["plain_wall_s"]} s, sandboxed {p1["sandboxed_wall_s"]} s, medians of {len(p1["runs_plain"])}) | ≤ {p1["target_s"]} s |
-| P1 (S3) | the same on the S3 datastore (moto's S3 server on loopback), sandbox Python without metaflow, STS credentials: (sandboxed wall - plain wall on the same server) / {s3["tasks"]} | **{s3["overhead_per_task_s"]} s** (plain {s3["plain_wall_s"]} s, sandboxed {s3["sandboxed_wall_s"]} s) | ≤ {s3["target_s"]} s |
+| P1 | foreach of {p1["tasks"]} with `--max-workers 1`, bubblewrap + local datastore, through the warm host: sandboxed wall / plain wall, and (sandboxed - plain) / {p1["tasks"]} | **ratio {p1["ratio"]}**, **{p1["overhead_per_task_s"]} s** per task (plain {p1["plain_wall_s"]} s, sandboxed {p1["sandboxed_wall_s"]} s, medians of {len(p1["runs_plain"])}) | ratio ≤ {p1["target_ratio"]} |
+| P1 (in process) | the same with `METAFLOW_SANDBOX_LAUNCHER=process` (the executor in each task process, no host) | ratio {p1["in_process"]["ratio"]}, {p1["in_process"]["overhead_per_task_s"]} s per task (plain {p1["in_process"]["plain_wall_s"]} s, sandboxed {p1["in_process"]["sandboxed_wall_s"]} s) | for comparison |
+| P1 (S3) | the same through the host on the S3 datastore (moto's S3 server on loopback), sandbox Python without metaflow, STS credentials | **ratio {s3["ratio"]}**, {s3["overhead_per_task_s"]} s per task (plain {s3["plain_wall_s"]} s, sandboxed {s3["sandboxed_wall_s"]} s) | reported |
 | P6 | code package uploads for {s3["runs"]} runs of that foreach of {s3["tasks"]} (object versions of its key in a versioned bucket; one run's package is content-addressed, so reruns of the same code reuse it) | **{s3["code_package_puts"]}** | 1 per run |
 | P3 | log latency: printed in the sandbox → line on the launcher's terminal | **median {p3["median_s"]} s, max {p3["max_s"]} s** over {p3["lines"]} lines | ≤ {p3["target_s"]} s |
 | P4 | launcher peak RSS growth while the step prints 200 MB | **{p4["growth_mb"]} MB** ({p4["launcher_peak_rss_quiet_mb"]} MB quiet → {p4["launcher_peak_rss_200mb_mb"]} MB) | ≤ {p4["target_growth_mb"]} MB |
-
+{host_rows(results)}
 Raw numbers: `benchmarks/results/latest.json` (not committed; regenerated by every run).
 
 For scale (from `shared/notes`): a plain local Metaflow task costs ≈ 0.33 s here and a naive @batch-style
@@ -276,6 +315,7 @@ def main() -> None:
         action="store_true",
         help="skip P7 (it installs metaflow-sandbox==0.1.1 from PyPI)",
     )
+    parser.add_argument("--no-host-bench", action="store_true", help="skip P2, P5 and R5 (host_bench.py)")
     args = parser.parse_args()
     root, env = workspace()
     try:
@@ -287,6 +327,12 @@ def main() -> None:
             "P3": p3_latency(root, env),
             "P4": p4_memory(root, env),
         }
+        if not args.no_host_bench:
+            from host_bench import p2_daytona_overhead, p5_wide_foreach, r5_host_memory
+
+            results["P2"] = p2_daytona_overhead(WIDTH)
+            results["P5"] = p5_wide_foreach()
+            results["R5"] = r5_host_memory()
         if not args.no_predecessor:
             from side_by_side import side_by_side
 
