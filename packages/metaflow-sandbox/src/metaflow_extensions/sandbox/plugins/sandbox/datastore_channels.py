@@ -225,7 +225,7 @@ class S3Channel(Channel):
         # Fetched once per package by the launcher, extracted and byte-compiled.
         archive = os.path.join(launch.cache_dir, "packages", launch.package_sha + ".tgz")
         if not os.path.exists(archive):
-            partial = f"{archive}.{os.getpid()}.partial"
+            partial = f"{archive}.{uuid.uuid4().hex}.partial"  # unique per task (the host runs many at once)
             self.s3.download(self.package_location, partial)
             os.replace(partial, archive)
         package_dir = ensure_extracted(archive, launch.package_sha, launch.cache_dir)

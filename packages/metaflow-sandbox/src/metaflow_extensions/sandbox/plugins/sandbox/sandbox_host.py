@@ -17,11 +17,12 @@ import stat
 import sys
 import threading
 import time
+import traceback
 
 from metaflow_sandbox_core import Backend, load_backend
 
 from . import host_protocol as wire
-from .host_client import IDLE_ENV
+from .host_client import EXIT_INFRASTRUCTURE, IDLE_ENV
 from .host_identity import code_fingerprint, host_alive, host_label
 
 DEFAULT_IDLE = 600.0
@@ -131,11 +132,23 @@ class SandboxHost:
                 self._retire()
                 return
             wire.send(conn, wire.ACCEPT, {"code": self.code})
-            code = self._run_task(conn, hello)
+            try:
+                code = self._run_task(conn, hello)
+            except Exception as error:  # a bug or a broken task file: the task fails, the host goes on
+                self._log(
+                    f"task {hello.get('argv', [])[:4]} failed in the host: {error!r}\n{traceback.format_exc()}"
+                )
+                message = f"[sandbox] The sandbox host could not run the task: {error}\n".encode()
+                wire.send(conn, wire.ERR, message)
+                code = EXIT_INFRASTRUCTURE
             wire.send(conn, wire.EXIT, {"code": code})
-        except (OSError, wire.ConnectionClosed):
-            pass
+        except (OSError, wire.ConnectionClosed) as error:
+            self._log(f"lost a client: {error!r}")
         finally:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # also wakes the thread reading the client's signals
+            except OSError:
+                pass
             conn.close()
             with self._tasks_lock:
                 self._tasks -= 1
