@@ -37,15 +37,20 @@ def test_create_503_is_retried_with_backoff(daytona_project):
 
 
 def test_sandbox_killed_mid_step_is_rerun_by_retry(daytona_project):
+    """The first attempt's sandbox dies when the step announces itself (it would then nap for minutes); the
+    retry attempt's sandbox prints the same line and is left alone. Nothing here depends on timing."""
     project, emulator = daytona_project
-    emulator.faults(kill_after=4)
-    project.run("fault_flow.py", "run", "--first-attempt-nap", "30")
+    killed = emulator.stats()["sandboxes_killed_by_fault"]
+    emulator.faults(kill_on_marker=1, kill_marker="FAULT-FLOW-WORK-STARTED")
+    result = project.run("fault_flow.py", "run", "--first-attempt-nap", "300")
     assert _attempt(project) == 1
+    assert emulator.stats()["sandboxes_killed_by_fault"] == killed + 1
+    assert "FAULT-FLOW-WORK-STARTED attempt=1" in result.stdout + result.stderr
 
 
 def test_dropped_log_stream_keeps_result_and_complete_logs(daytona_project):
     project, emulator = daytona_project
-    emulator.faults(drop_logs_after=2)
+    emulator.faults(drop_logs_after_lines=2)
     project.run("fault_flow.py", "run", "--lines", "20")
     assert _attempt(project) == 0
     run_id, task_id = project.query(  # type: ignore[misc]

@@ -1,8 +1,12 @@
-"""A sandboxed step for infrastructure-fault scenarios: sleeps on its first attempt, prints numbered lines."""
+"""A sandboxed step for infrastructure-fault scenarios: announces each attempt with a marker line (the Daytona
+emulator's `kill_marker`), naps on its first attempt if asked, prints numbered lines."""
 
 import time
 
 from metaflow import FlowSpec, Parameter, current, retry, sandbox, step
+
+#: Printed by every attempt of `work` before anything else.
+MARKER = "FAULT-FLOW-WORK-STARTED"
 
 
 class FaultFlow(FlowSpec):
@@ -17,11 +21,12 @@ class FaultFlow(FlowSpec):
     @sandbox
     @step
     def work(self):
+        print(f"{MARKER} attempt={current.retry_count}", flush=True)
+        if current.retry_count == 0:
+            time.sleep(float(self.first_attempt_nap))
         for i in range(int(self.lines)):
             print(f"LINE-{i}", flush=True)
             time.sleep(0.05)
-        if current.retry_count == 0:
-            time.sleep(float(self.first_attempt_nap))
         self.attempt = current.retry_count
         self.next(self.end)
 

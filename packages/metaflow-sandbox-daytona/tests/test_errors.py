@@ -114,7 +114,7 @@ def test_503_is_retryable(emulator: DaytonaEmulator, backend: DaytonaBackend) ->
 def test_failed_build_is_retryable_and_leaves_nothing(
     emulator: DaytonaEmulator, backend: DaytonaBackend, state: str
 ) -> None:
-    emulator.faults(broken_creates=1, broken_state=state, create_delay=0.3)
+    emulator.faults(broken_creates=1, broken_state=state, create_polls=3)
     with pytest.raises(UnavailableError, match=rf"state '{state}'.*fault injection") as failed:
         backend.create(SandboxSpec(image="python:3.12-slim", network="full"))
     assert failed.value.retryable
@@ -124,7 +124,7 @@ def test_failed_build_is_retryable_and_leaves_nothing(
 def test_create_that_does_not_start_in_time_is_deleted(
     emulator: DaytonaEmulator, backend: DaytonaBackend
 ) -> None:
-    emulator.faults(create_delay=30)
+    emulator.faults(create_polls=10**9)  # never starts
     started = time.monotonic()
     with pytest.raises(UnavailableError, match="not started within 1 s") as slow:
         backend.create(SandboxSpec(network="full", options={"create_timeout": 1}))

@@ -93,7 +93,7 @@ def test_output_and_exit_code_survive_a_dropped_log_stream(
     emulator: DaytonaEmulator, create: Create, caplog: pytest.LogCaptureFixture
 ) -> None:
     sandbox = create()
-    emulator.faults(drop_logs_after=1)
+    emulator.faults(drop_logs_after_lines=1)
     caplog.set_level(logging.WARNING, logger="metaflow_sandbox_daytona")
     started = time.monotonic()
     code, lines = captured(sandbox, ["sh", "-c", "echo first; sleep 0.3; echo second; sleep 0.7; exit 6"])
@@ -104,7 +104,7 @@ def test_output_and_exit_code_survive_a_dropped_log_stream(
 
 def test_a_sandbox_that_dies_mid_command_returns_137(emulator: DaytonaEmulator, create: Create) -> None:
     sandbox = create()
-    emulator.faults(kill_after=0.5)
+    emulator.faults(kill_on_marker=1, kill_marker="running")
     started = time.monotonic()
     code, lines = captured(sandbox, ["sh", "-c", "echo running; sleep 30"])
     assert code == 137 and lines == [("stdout", b"running\n")]

@@ -341,17 +341,36 @@ def test_fault_fail_creates_with_429_and_retry_after(emulator: DaytonaEmulator) 
     drive(emulator, scenario)
 
 
-def test_fault_create_delay_is_polled_until_started(emulator: DaytonaEmulator) -> None:
-    emulator.faults(create_delay=1.2)
+def test_fault_create_polls_keep_a_new_sandbox_creating_for_that_many_reads(
+    emulator: DaytonaEmulator,
+) -> None:
+    emulator.faults(create_polls=3)
 
     async def scenario(client: Any) -> None:
-        begun = time.monotonic()
         sandbox = await client.create(daytona.CreateSandboxFromImageParams(image="debian:12"))
-        assert time.monotonic() - begun >= 1.2
-        assert sandbox.state == daytona.SandboxState.STARTED
+        assert sandbox.state == daytona.SandboxState.STARTED  # the SDK polled through the 3 pending reads
         await sandbox.delete()
+        # Read by hand: exactly 2 reads answer `creating`, then `started`.
+        emulator.faults(create_polls=2)
+        created = _http(emulator, "POST", "/api/sandbox", json.dumps({"snapshot": "any"}).encode())
+        states = [_http(emulator, "GET", f"/api/sandbox/{created['id']}")["state"] for _ in range(3)]
+        assert created["state"] == "creating" and states == ["creating", "creating", "started"]
+        _http(emulator, "DELETE", f"/api/sandbox/{created['id']}")
 
     drive(emulator, scenario)
+
+
+def _http(emulator: DaytonaEmulator, method: str, path: str, body: bytes | None = None) -> Any:
+    connection = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {emulator.api_key}", "Content-Type": "application/json"}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        assert response.status < 400, (response.status, payload)
+        return json.loads(payload)
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize("state", ["build_failed", "error"])
@@ -369,33 +388,46 @@ def test_fault_broken_creates_end_in_failed_state(emulator: DaytonaEmulator, sta
     drive(emulator, scenario)
 
 
-def test_fault_kill_after_kills_the_sandbox_mid_command(emulator: DaytonaEmulator) -> None:
+def test_fault_kill_on_marker_kills_only_the_sandbox_that_prints_it(emulator: DaytonaEmulator) -> None:
+    """The first sandbox to print the marker dies there (exit 137, gone); the next one prints it unharmed."""
+
     async def scenario(client: Any) -> None:
-        sandbox = await client.create()
-        emulator.faults(kill_after=0.5)
-        command = await start(sandbox, "echo $$; sleep 30")
-        begun = time.monotonic()
-        chunks = await follow(sandbox, command)
-        assert time.monotonic() - begun < 5
-        assert _gone(int(joined(chunks, "stdout").split()[0]))
-        with pytest.raises(daytona.DaytonaNotFoundError):
-            await sandbox.process.get_session_command("s", command)
-        with pytest.raises(daytona.DaytonaNotFoundError):
-            await client.get(sandbox.id)
+        first, second = await client.create(), await client.create()
+        try:
+            emulator.faults(kill_on_marker=1, kill_marker="STEP-MARKER")
+            # The marker arrives in two writes (split across reads), after a line that must stay logged.
+            script = "echo $$; echo before; printf STEP-; sleep 0.2; echo MARKER; sleep 30; echo never"
+            command = await start(first, script)
+            chunks = await follow(first, command)
+            out = joined(chunks, "stdout")
+            assert out.split("\n")[1:] == ["before", "STEP-MARKER", ""], out
+            assert _gone(int(out.split()[0]))
+            with pytest.raises(daytona.DaytonaNotFoundError):
+                await first.process.get_session_command("s", command)
+            with pytest.raises(daytona.DaytonaNotFoundError):
+                await client.get(first.id)
+            assert emulator.faults()["kill_on_marker"] == 0
+            # A later sandbox (a retry's) prints the same marker and finishes.
+            command = await start(second, "echo STEP-MARKER; exit 3")
+            assert joined(await follow(second, command), "stdout") == "STEP-MARKER\n"
+            assert (await second.process.get_session_command("s", command)).exit_code == 3
+        finally:
+            await second.delete()
 
     before = emulator.stats()["sandboxes_killed_by_fault"]
     drive(emulator, scenario)
     assert emulator.stats()["sandboxes_killed_by_fault"] == before + 1
 
 
-def test_fault_drop_logs_after_closes_the_stream_while_the_command_runs(emulator: DaytonaEmulator) -> None:
+def test_fault_drop_logs_after_lines_cuts_the_stream_while_the_command_runs(
+    emulator: DaytonaEmulator,
+) -> None:
     async def scenario(client: Any) -> None:
         sandbox = await client.create()
         try:
-            emulator.faults(drop_logs_after=2)
-            command = await start(
-                sandbox, "echo one; sleep 0.2; echo two; sleep 0.2; echo three; sleep 1; exit 4"
-            )
+            emulator.faults(drop_logs_after_lines=2)
+            # Three lines in one write: the cut is by lines, not by how the output was read.
+            command = await start(sandbox, "printf 'one\\ntwo\\nthree\\n'; echo err >&2; sleep 1; exit 4")
             received: list[str] = []
             with pytest.raises(daytona.DaytonaError, match="1011"):
                 await sandbox.process.get_session_command_logs_async(
@@ -406,10 +438,14 @@ def test_fault_drop_logs_after_closes_the_stream_while_the_command_runs(emulator
             while (status := await sandbox.process.get_session_command("s", command)).exit_code is None:
                 await asyncio.sleep(0.1)
             assert status.exit_code == 4
+            logs = await sandbox.process.get_session_command_logs("s", command)  # all of it, without follow
+            assert logs.stdout == "one\ntwo\nthree\n" and logs.stderr == "err\n"
         finally:
             await sandbox.delete()
 
+    before = emulator.stats()["log_streams_dropped_by_fault"]
     drive(emulator, scenario)
+    assert emulator.stats()["log_streams_dropped_by_fault"] == before + 1
 
 
 def test_faults_are_validated_and_settable_at_start() -> None:
@@ -419,6 +455,11 @@ def test_faults_are_validated_and_settable_at_start() -> None:
             emulator.faults(explode=True)
         with pytest.raises(ValueError, match="broken_state"):
             emulator.faults(broken_state="melted")
+        with pytest.raises(ValueError, match="needs kill_marker"):
+            emulator.faults(kill_on_marker=1)
+        with pytest.raises(ValueError, match=r"was removed .* kill_on_marker"):
+            emulator.faults(kill_after=4)
+        assert emulator.faults()["kill_on_marker"] == 0  # a refused change changes nothing
 
         async def scenario(client: Any) -> None:
             with pytest.raises(daytona.DaytonaError) as failed:

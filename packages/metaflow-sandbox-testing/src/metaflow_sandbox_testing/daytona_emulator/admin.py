@@ -37,7 +37,7 @@ async def sandboxes(request: web.Request) -> web.Response:
 @routes.post("/_emulator/sandboxes/{sandbox}/kill")
 async def kill(request: web.Request) -> web.Response:
     registry = _registry(request)
-    await registry.kill(registry.get(request.match_info["sandbox"]), "admin")
+    await registry.kill(registry.get(request.match_info["sandbox"]))
     return web.json_response({"killed": request.match_info["sandbox"]})
 
 

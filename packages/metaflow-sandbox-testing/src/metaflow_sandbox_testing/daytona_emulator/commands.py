@@ -63,6 +63,8 @@ class Command:
         self._log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._waiters: list[asyncio.Future[None]] = []
         self.finished = asyncio.Event()
+        #: Called with (command, stream, data) after each chunk of output is logged (fault injection).
+        self.on_output: Callable[[Command, int, bytes], None] | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "command": self.command, "exitCode": self.exit_code}
@@ -109,6 +111,8 @@ class Command:
             written = os.write(self._log_fd, view)
             view = view[written:]
         self._notify()
+        if self.on_output is not None:
+            self.on_output(self, stream, data)
 
     def _finish(self, exit_code: int) -> None:
         if self.exit_code is None:

@@ -179,8 +179,9 @@ class DaytonaEmulator:
     def faults(self, **knobs: Any) -> dict[str, Any]:
         """Change fault knobs (the others keep their value) and return them all; no arguments: just read.
 
-        Knobs: `fail_creates`, `fail_status`, `retry_after`, `create_delay`, `broken_creates`,
-        `broken_state`, `kill_after`, `drop_logs_after` (see `metaflow_sandbox_testing.daytona_emulator.faults`).
+        Knobs: `fail_creates`, `fail_status`, `retry_after`, `create_polls`, `broken_creates`,
+        `broken_state`, `kill_on_marker`, `kill_marker`, `drop_logs_after_lines` (see
+        `metaflow_sandbox_testing.daytona_emulator.faults`). Each fires on an event, never after a delay.
         """
         result: dict[str, Any] = (
             self._admin("POST", "faults", knobs) if knobs else self._admin("GET", "faults")

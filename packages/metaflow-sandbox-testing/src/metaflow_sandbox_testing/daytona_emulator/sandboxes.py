@@ -20,7 +20,7 @@ from typing import Any
 
 from .commands import Command, Session
 from .envelope import SOURCE_DAEMON, SOURCE_PROXY, EmulatorError
-from .faults import Faults
+from .faults import Faults, find_marker
 from .image import Image, login_profile
 
 ORGANIZATION_ID = "emulator-organization"
@@ -35,7 +35,7 @@ def _iso(timestamp: float) -> str:
 
 
 class EmulatedSandbox:
-    def __init__(self, registry: Registry, body: Mapping[str, Any], *, ready_in: float, final_state: str):
+    def __init__(self, registry: Registry, body: Mapping[str, Any], *, pending_reads: int, final_state: str):
         self.registry = registry
         self.id = str(uuid.uuid4())
         self.name = str(body.get("name") or self.id)
@@ -48,7 +48,8 @@ class EmulatedSandbox:
         self.request = dict(body)
         self.created_at = time.time()
         self.updated_at = self.created_at
-        self.ready_at = time.monotonic() + ready_in
+        #: State reads still answered with `pending_state` (fault `create_polls`).
+        self.pending_reads = pending_reads
         self.pending_state = "pending_build" if build else "creating"
         self.final_state = final_state
         self.error_reason = (
@@ -77,6 +78,8 @@ class EmulatedSandbox:
             login_profile(self.home, self.bin_dir)
         self.sessions: dict[str, Session] = {}
         self._timers: list[asyncio.TimerHandle] = []
+        #: The last bytes of each (command, stream), so a kill marker split across two reads is found.
+        self._tails: dict[tuple[str, int], bytes] = {}
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -84,7 +87,12 @@ class EmulatedSandbox:
     def state(self) -> str:
         if self.destroyed:
             return "destroyed"
-        return self.pending_state if time.monotonic() < self.ready_at else self.final_state
+        return self.pending_state if self.pending_reads > 0 else self.final_state
+
+    def polled(self) -> None:
+        """One read of the state by a client (`GET /api/sandbox/{id}`): a pending create gets one closer."""
+        if self.pending_reads > 0:
+            self.pending_reads -= 1
 
     def require_started(self) -> None:
         state = self.state
@@ -197,11 +205,20 @@ class EmulatedSandbox:
     ) -> Command:
         entry = session.new_command(command)
         workdir = self.resolve(cwd) if cwd else self.home
+        entry.on_output = self._watch_output
         await entry.start(["/bin/sh", "-c", command], self.environment(env), workdir)
-        faults = self.registry.faults
-        if faults.kill_after is not None:
-            self.later(faults.kill_after, self.registry.kill, self, "kill_after")
         return entry
+
+    def _watch_output(self, command: Command, stream: int, data: bytes) -> None:
+        """Fault `kill_on_marker`: the sandbox dies as soon as one of its commands prints the marker."""
+        faults = self.registry.faults
+        if faults.kill_on_marker <= 0 or not faults.kill_marker or self.destroyed:
+            return
+        key = (command.id, stream)
+        found, self._tails[key] = find_marker(self._tails.get(key, b""), data, faults.kill_marker.encode())
+        if found:
+            faults.kill_on_marker -= 1
+            self.registry.kill_now(self)
 
     def later(self, delay: float, callback: Any, *args: Any) -> None:
         """Run the coroutine function `callback(*args)` in `delay` seconds (unless the sandbox ends first)."""
@@ -300,7 +317,7 @@ class Registry:
             faults.broken_creates -= 1
             final_state = faults.broken_state
             self.stats["sandboxes_broken_by_fault"] += 1
-        sandbox = EmulatedSandbox(self, body, ready_in=faults.create_delay, final_state=final_state)
+        sandbox = EmulatedSandbox(self, body, pending_reads=faults.create_polls, final_state=final_state)
         self.sandboxes[sandbox.id] = sandbox
         self.names[sandbox.name] = sandbox.id
         self.stats["sandboxes_created"] += 1
@@ -311,6 +328,10 @@ class Registry:
 
     async def delete(self, sandbox: EmulatedSandbox) -> None:
         """Remove at once (404 from now on), kill its processes, then its directory once they have ended."""
+        self.delete_now(sandbox)
+
+    def delete_now(self, sandbox: EmulatedSandbox) -> None:
+        """`delete` for callers outside a coroutine (the directory is still removed in the background)."""
         if sandbox.destroyed:
             return
         sandbox.destroyed = True
@@ -340,11 +361,16 @@ class Registry:
             os.rename(self.trash, batch)
             await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, batch, True)
 
-    async def kill(self, sandbox: EmulatedSandbox, reason: str) -> None:
-        """A sandbox that dies under its commands (fault `kill_after` or the admin API)."""
+    async def kill(self, sandbox: EmulatedSandbox) -> None:
+        """A sandbox that dies under its commands (the admin API)."""
+        self.kill_now(sandbox)
+
+    def kill_now(self, sandbox: EmulatedSandbox) -> None:
+        """A sandbox that dies under its commands (fault `kill_on_marker`, the admin API): every process is
+        SIGKILLed (exit code 137) and the sandbox is gone, as when its host fails."""
         if not sandbox.destroyed:
             self.stats["sandboxes_killed_by_fault"] += 1
-            await self.delete(sandbox)
+            self.delete_now(sandbox)
 
     async def delete_all(self) -> None:
         for sandbox in list(self.sandboxes.values()):

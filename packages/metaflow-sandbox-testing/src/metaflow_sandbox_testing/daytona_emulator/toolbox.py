@@ -10,6 +10,7 @@ from aiohttp import WSCloseCode, web
 from . import files
 from .commands import PREFIXES, STDERR, STDOUT, Command
 from .envelope import SOURCE_DAEMON, EmulatorError
+from .faults import cut_after_lines
 from .sandboxes import EmulatedSandbox, Registry
 
 routes = web.RouteTableDef()
@@ -122,19 +123,28 @@ async def command_logs(request: web.Request) -> web.StreamResponse:
         return web.json_response({"output": both, "stdout": out, "stderr": err})
     await socket.prepare(request)
     registry = _registry(request)
-    drop_after = registry.faults.drop_logs_after
-    frames = 0
+    limit = registry.faults.drop_logs_after_lines  # fault: cut the stream after that many lines
+    sent = 0
     try:
+        if limit is not None and limit <= 0:
+            return await _drop(socket, registry)
         async for stream, data in command.records(follow=follow):
-            if drop_after is not None and frames >= drop_after:
-                registry.stats["log_streams_dropped_by_fault"] += 1
-                await socket.close(code=WSCloseCode.INTERNAL_ERROR, message=b"emulated log stream failure")
-                return socket
+            if limit is not None:
+                data = cut_after_lines(data, limit - sent)
+                sent += data.count(b"\n")
             await socket.send_bytes(PREFIXES[stream] + data)
-            frames += 1
+            if limit is not None and sent >= limit:
+                return await _drop(socket, registry)
         await socket.close(code=WSCloseCode.OK)
     except ConnectionError:  # the client went away
         pass
+    return socket
+
+
+async def _drop(socket: web.WebSocketResponse, registry: Registry) -> web.WebSocketResponse:
+    """Fault `drop_logs_after_lines`: close the stream abnormally; the command runs on."""
+    registry.stats["log_streams_dropped_by_fault"] += 1
+    await socket.close(code=WSCloseCode.INTERNAL_ERROR, message=b"emulated log stream failure")
     return socket
 
 
