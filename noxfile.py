@@ -31,16 +31,24 @@ NEEDS = {
     "extension": ["core", "runtime", "relay", "extension"],
 }
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
-# The integration matrix: backend x datastore x metadata. Later backends and datastores add rows.
-MATRIX = [
-    ("bubblewrap", "local", "local"),
-    ("bubblewrap", "local", "service"),
-    ("bubblewrap", "s3", "local"),
-    ("bubblewrap", "s3", "service"),
-    ("daytona", "s3", "local"),  # the real daytona SDK against the emulator (metaflow_sandbox_testing)
-    ("daytona", "s3", "service"),
+# The integration matrix: backend x datastore x metadata. Every flow behaviour runs once per (backend,
+# datastore) with local metadata; the metadata-service column runs only the tests that exercise the metadata a
+# sandboxed task sends back (marked `metadata` in tests/conftest.py: artifacts and the client, foreach, retry,
+# resume, forged metadata, logs). Later backends and datastores add pairs.
+BACKEND_DATASTORES = [
+    ("bubblewrap", "local"),
+    ("bubblewrap", "s3"),
+    ("daytona", "s3"),  # the real daytona SDK against the emulator (metaflow_sandbox_testing)
 ]
-
+MATRIX = [(b, d, m) for b, d in BACKEND_DATASTORES for m in ("local", "service")]
+#: Integration modules that apply to some rows only; every other tests/test_*.py runs in every row.
+ONLY_IN = {
+    "tests/test_s3_datastore.py": lambda backend, datastore, metadata: datastore == "s3",
+    "tests/test_daytona_faults.py": lambda backend, datastore, metadata: backend == "daytona",
+    # Neither backend, datastore nor metadata matter to these: once, in the first row.
+    "tests/test_bad_input.py": lambda *row: row == MATRIX[0],
+    "tests/test_packaging.py": lambda *row: row == MATRIX[0],
+}
 
 #: Every package, with the test kit's emulators and S3 server.
 EVERYTHING = [name for name in PACKAGES if name != "testing"] + ["testing[daytona,s3]"]
@@ -86,23 +94,30 @@ def unit(session: nox.Session, package: str) -> None:
 def integration(session: nox.Session, backend: str, datastore: str, metadata: str) -> None:
     tools = ("metaflow-local-service>=0.2", "pip", "hatchling", "uv", "moto[server]>=5", "boto3")
     install(session, *EVERYTHING, extras=tools)
-    # Flow behaviours run in every row; S3-only tests in the s3 rows; tests that depend on neither the
-    # datastore nor the metadata (bad input, packaging) once, in the first row.
-    selection = ["tests/test_flows.py", "tests/test_security_and_tools.py"]
-    if datastore == "s3":
-        selection.append("tests/test_s3_datastore.py")
-    if backend == "daytona":
-        selection.append("tests/test_daytona_faults.py")
-    if (backend, datastore, metadata) == MATRIX[0]:
-        selection += ["tests/test_bad_input.py", "tests/test_packaging.py"]
+    # Paths among the arguments (`-- tests/test_flows.py`) narrow the row's selection instead of adding to it.
+    paths = [arg for arg in session.posargs if arg.split("::")[0].startswith("tests")]
+    options = [arg for arg in session.posargs if arg not in paths]
+    selection = integration_selection(backend, datastore, metadata, paths or ["tests"])
     session.run(
         "pytest",
         *selection,
         "-p",
         "no:cacheprovider",
-        *session.posargs,
+        *options,
         env={"MFS_TEST_BACKEND": backend, "MFS_TEST_DATASTORE": datastore, "MFS_TEST_METADATA": metadata},
     )
+
+
+def integration_selection(backend: str, datastore: str, metadata: str, paths: list[str]) -> list[str]:
+    """The pytest arguments of one row: every integration module that applies to it; in the metadata-service
+    rows only the tests marked `metadata`; tests marked `once` in the first row only."""
+    row = (backend, datastore, metadata)
+    selection = [*paths, *[f"--ignore={path}" for path, applies in ONLY_IN.items() if not applies(*row)]]
+    if metadata == "service":
+        selection += ["-m", "metadata"]
+    elif row != MATRIX[0]:
+        selection += ["-m", "not once"]
+    return selection
 
 
 @nox.session(python=PYTHON)

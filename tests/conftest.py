@@ -19,6 +19,53 @@ METADATA_MODES = tuple(os.environ.get("MFS_TEST_METADATA", "local,service").spli
 DATASTORES = tuple(os.environ.get("MFS_TEST_DATASTORE", "local").split(","))
 BACKEND = os.environ.get("MFS_TEST_BACKEND", "bubblewrap")
 
+#: The integration matrix selects with these markers (noxfile.py). `metadata`: tests that exercise the
+#: metadata a sandboxed task sends back (replayed into local metadata or a metadata service) and what the
+#: client reads of it; the metadata-service rows run only these. `once`: tests that depend on neither the
+#: backend, the datastore nor the metadata of the row (launcher tools that always use bubblewrap and local
+#: metadata); they run in one row. Listed here, by module, so one table says what each row covers.
+MARKED = {
+    "metadata": {
+        "test_flows.py": {
+            "test_artifacts_flow_both_ways_and_logs_exactly_once",  # artifacts, client, `logs`
+            "test_foreach_of_twenty_sandboxed_branches",
+            "test_retry_reruns_a_failed_sandboxed_attempt",
+            "test_resume_reruns_failed_sandboxed_step_in_a_sandbox",
+        },
+        "test_security_and_tools.py": {
+            "test_forged_metadata_for_another_task_is_refused",
+            "test_first_log_line_arrives_while_the_step_runs",
+        },
+    },
+    "once": {
+        "test_security_and_tools.py": {
+            "test_metaflow_local_service_run_form",
+            "test_sandbox_list_and_sweep_find_leaked_sandboxes",
+        },
+        "test_sandbox_host.py": {
+            "test_a_host_running_other_code_is_replaced",
+            "test_the_task_process_can_run_the_executor_itself",
+        },
+    },
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Apply `MARKED`. A listed test that its module does not define is an error: a rename must not silently
+    drop a test from the rows that select it."""
+    missing = set()
+    for item in items:
+        module = os.path.basename(str(item.fspath))
+        name = getattr(item, "originalname", item.name)
+        for marker, tests in MARKED.items():
+            listed = tests.get(module, ())
+            if name in listed:
+                item.add_marker(marker)
+            defined = getattr(item, "module", None)
+            missing.update(f"{module}::{test}" for test in listed if not hasattr(defined, test))
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py MARKED lists tests that do not exist: {sorted(missing)}")
+
 
 @dataclass
 class Project:
