@@ -41,6 +41,30 @@ CASES = {
     "with-batch": ("@batch\n@sandbox", "combines @sandbox with @batch"),
     "two-sandboxes": ("@bubblewrap\n@sandbox", "use exactly one sandbox decorator"),
     "bad-network": ("@bubblewrap(network='sideways')", "not a network policy"),
+    "env-empty-name": ("@sandbox(env={'': 'x'})", "env['']: an environment variable needs a name"),
+    "env-name-with-equals": ("@sandbox(env={'A=B': 'x'})", "env['A=B']: a variable name cannot contain '='"),
+    "env-value-with-nul": (
+        "@sandbox(env={'A': 'x\\x00y'})",
+        "env['A']: no environment variable can hold a NUL",
+    ),
+    "environment-name-with-equals": (
+        "@environment(vars={'A=B': 'x'})\n@sandbox",
+        "@environment(vars=...)['A=B']: a variable name cannot contain '='",
+    ),
+    "unknown-option": (
+        "@bubblewrap(options={'snapshot': 'x'})",
+        "Unknown bubblewrap option(s) 'snapshot' in options={...}; known: 'python'.",
+    ),
+    "trusted-types-empty-entry": (
+        "@sandbox(trusted_types=['numpy', ''])",
+        "'' is not a module name; list module names, e.g. trusted_types=['numpy', 'pandas']; to accept every "
+        "pickle, set trusted_types to a one-character string, the asterisk.",
+    ),
+    "trusted-types-star-and-names": (
+        "@sandbox(trusted_types=['numpy', '*'])",
+        "trusted_types=['numpy', '<asterisk>']: the asterisk accepts every pickle on its own",
+    ),
+    "trusted-types-wildcard": ("@sandbox(trusted_types=['numpy.*'])", "takes no wildcard; write 'numpy'"),
 }
 
 
@@ -76,6 +100,11 @@ def test_bad_decorator_input(tmp_path, case):
     assert "Traceback" not in output, output
     assert not (cache / "staging").exists(), "a sandbox was prepared despite bad input"
     assert "Task is starting" not in output
+    # One line, naming the step: nothing of the error continues on the next line.
+    lines = output.splitlines()
+    at = next(i for i, line in enumerate(lines) if message in line)
+    assert lines[at].strip().startswith("Step work"), output
+    assert at + 1 == len(lines) or not lines[at + 1].strip(), output
 
 
 def test_parallel_is_refused(tmp_path):

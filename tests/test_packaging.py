@@ -1,4 +1,5 @@
-"""Every package builds its own wheel; `metaflow-sandbox[bubblewrap]` installs exactly what it needs."""
+"""Every package builds its own wheel; `metaflow-sandbox[bubblewrap]` installs exactly what it needs; what a
+flow's code package carries into its sandboxes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from .conftest import _base_env
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = sorted(p for p in (REPO / "packages").iterdir() if (p / "pyproject.toml").exists())
@@ -114,3 +117,53 @@ def test_extension_with_bubblewrap_extra_installs_only_what_it_needs(wheels: Pat
         env={"METAFLOW_USER": "tester", "PATH": "/usr/bin:/bin"},
     )
     assert probe.stdout.strip() == "['bubblewrap']"
+
+
+PEEK_FLOW = """
+import os
+from metaflow import FlowSpec, step, bubblewrap
+class PeekFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.peek)
+    @bubblewrap
+    @step
+    def peek(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in ("settings.py", "conf/keys.py", "secrets.toml", ".private/key.py"):
+            path = os.path.join(here, name)
+            print("peek", name, open(path).read().strip() if os.path.exists(path) else "absent")
+        self.next(self.end)
+    @step
+    def end(self):
+        pass
+if __name__ == "__main__":
+    PeekFlow()
+"""
+
+
+def test_the_code_package_carries_every_py_file_next_to_the_flow(tmp_path: Path):
+    """docs/security.md, "The code package": every .py file under the flow's directory is readable inside the
+    sandbox; other suffixes and hidden directories are not packaged."""
+    project = tmp_path / "project"
+    (project / "conf").mkdir(parents=True)
+    (project / ".private").mkdir()
+    (project / "peek_flow.py").write_text(PEEK_FLOW)
+    (project / "settings.py").write_text("API_KEY = 'canary-settings'\n")
+    (project / "conf" / "keys.py").write_text("KEY = 'canary-subdirectory'\n")
+    (project / "secrets.toml").write_text("key = 'canary-toml'\n")
+    (project / ".private" / "key.py").write_text("KEY = 'canary-hidden'\n")
+    result = subprocess.run(
+        [sys.executable, str(project / "peek_flow.py"), "--metadata", "local", "run"],
+        cwd=project,
+        env=_base_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "peek settings.py API_KEY = 'canary-settings'" in output
+    assert "peek conf/keys.py KEY = 'canary-subdirectory'" in output
+    assert "peek secrets.toml absent" in output
+    assert "peek .private/key.py absent" in output

@@ -28,6 +28,29 @@ def test_memory_limit_kills_a_sandbox_that_exceeds_it(create_bubblewrap: CreateS
     assert code == 137, f"allocating 200 MB under a 64 MiB limit ended with {code}: {output}"
 
 
+def test_memory_exceeded_reads_the_kill_count_of_either_cgroup_version(tmp_path) -> None:
+    from metaflow_sandbox_bubblewrap.cgroups import SandboxCgroup
+
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    v1.mkdir()
+    v2.mkdir()
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\noom_group_kill 0\n")
+    cgroups = [
+        SandboxCgroup(limits={"memory": str(v1 / "memory.limit_in_bytes")}),
+        SandboxCgroup(limits={"memory": str(v2 / "memory.max")}),
+    ]
+    assert [c.memory_exceeded() for c in cgroups] == [False, False]
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 2\noom_kill 1\noom_group_kill 0\n")
+    assert [c.memory_exceeded() for c in cgroups] == [True, True]
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")  # kernels before 4.13
+    (v1 / "memory.failcnt").write_text("4\n")
+    assert cgroups[0].memory_exceeded()
+    assert not SandboxCgroup().memory_exceeded()
+    assert not SandboxCgroup(limits={"memory": str(tmp_path / "gone" / "memory.max")}).memory_exceeded()
+
+
 @pytest.mark.parametrize("cpu", [1, 1.5])
 def test_cpu_sets_affinity_visible_as_nproc(
     create_bubblewrap: CreateSandbox, shell: Shell, cpu: float

@@ -60,10 +60,38 @@ def test_spec_validates_and_parses_network():
         ({"memory_mb": "lots"}, "must be a number"),
         ({"cpu": True}, "must be a number"),
         ({"env": {"A": 1}}, "must be strings"),
+        ({"env": {"": "x"}}, "needs a name"),
+        ({"env": {"A=B": "x"}}, "cannot contain '='"),
+        ({"env": {"A": "x\0y"}}, "NUL byte"),
         ({"network": "some"}, "not a network policy"),
     ]:
         with pytest.raises(ConfigError, match=fragment):
             SandboxSpec(**bad)
+
+
+def test_backends_declare_the_option_keys_they_read():
+    plain = _backend("plain", Isolation.NAMESPACES)
+    assert plain.option_keys == frozenset()
+    plain.check_options({})
+    with pytest.raises(ConfigError) as err:
+        plain.check_options({"snapshot": "x", "colour": 1})
+    assert str(err.value) == (
+        "Unknown plain option(s) 'colour', 'snapshot' in options={...}; known: none. Remove or correct them."
+    )
+    cloud = type("Cloud", (plain,), {"name": "cloud", "option_keys": frozenset({"snapshot", "region"})})
+    cloud.check_options({"snapshot": "x", "python": "python3"}, also={"python"})
+    with pytest.raises(ConfigError, match=r"known: 'python', 'region', 'snapshot'\."):
+        cloud.check_options({"snapshto": "x"}, also={"python"})
+
+
+def test_sandboxes_report_no_memory_kill_unless_the_backend_can_tell():
+    from metaflow_sandbox_core import Sandbox
+
+    class Minimal(Sandbox):
+        id = "m"
+        upload = download = run = destroy = lambda self, *a, **k: None
+
+    assert Minimal().memory_exceeded() is False
 
 
 def test_unknown_and_not_installed_backends_name_the_fix(installed):

@@ -20,6 +20,18 @@ def test_parses_strings_from_with():
         ({"env": {"A": 1}}, "environment values must be strings"),
         ({"network": "some"}, "not a network policy"),
         ({"colour": "red"}, "Unknown sandbox attribute"),
+        ({"env": {"": "x"}}, "env['']: an environment variable needs a name; remove the empty key"),
+        ({"env": {"A=B": "x"}}, "env['A=B']: a variable name cannot contain '='"),
+        ({"env": '{"A=B": "x"}'}, "cannot contain '='"),  # the --with form
+        ({"env": {"A\0": "x"}}, "NUL byte"),
+        ({"env": {"A": "x\0y"}}, "env['A']: no environment variable can hold a NUL byte; remove it"),
+        ({"trusted_types": ["numpy", ""]}, "trusted_types=['numpy', '']: '' is not a module name"),
+        ({"trusted_types": ["numpy", "*"]}, "keep only the modules (trusted_types=['numpy'])"),
+        ({"trusted_types": "numpy,*"}, "trusted_types=['numpy', '<asterisk>']: the asterisk accepts every"),
+        ({"trusted_types": ["numpy.*"]}, "takes no wildcard; write 'numpy'"),
+        ({"trusted_types": ["numpy", 3]}, "3 is not a module name"),
+        ({"trusted_types": ["my-module"]}, "'my-module' is not a module name"),
+        ({"trusted_types": 5}, "trusted_types=5 must be a list of module names"),
     ],
 )
 def test_bad_input_names_the_fix(attrs, fragment):
@@ -100,25 +112,47 @@ def test_task_launch_file_is_private(tmp_path):
 def test_trusted_types_parsing():
     assert parse_options({"trusted_types": "numpy, pandas"}).trusted_types == ("numpy", "pandas")
     assert parse_options({"trusted_types": "*"}).trusted_types == "*"
+    assert parse_options({"trusted_types": ["*"]}).trusted_types == "*"
+    assert parse_options({"trusted_types": "'*'"}).trusted_types == "*"  # quoted in --with
+    assert parse_options({"trusted_types": ["pydantic.v1.utils.import_string"]}).trusted_types == (
+        "pydantic.v1.utils.import_string",
+    )
     assert parse_options({}).trusted_types == ()
 
 
-def test_session_policy_reads_the_flow_and_writes_only_the_staging_prefix():
-    from metaflow_extensions.sandbox.plugins.sandbox.s3_access import S3Location, task_policy
+@pytest.mark.parametrize(
+    "value", [["numpy", ""], ["numpy", "*"], ["*", ""], ["numpy.*"], [""], "numpy,*", {"numpy": "*"}, 5]
+)
+def test_trusted_types_errors_never_hold_an_asterisk(value):
+    """Metaflow prints each `*` of an error as a highlight marker and drops it (the error once read
+    "or ''" where it meant "*"): the messages spell it out."""
+    with pytest.raises(ConfigError) as err:
+        parse_options({"trusted_types": value})
+    message = str(err.value)
+    assert "*" not in message and "\n" not in message
+    assert (
+        "set trusted_types to a one-character string, the asterisk" in message or "write 'numpy'" in message
+    )
 
-    root = S3Location.parse("s3://bucket/metaflow")
-    staging = root.child(".sandbox-staging", "abc")
-    policy = task_policy(root, "MyFlow", staging)
-    statements = {tuple(s["Action"]): s for s in policy["Statement"]}
-    assert statements[("s3:GetObject",)]["Resource"] == [
-        "arn:aws:s3:::bucket/metaflow/MyFlow/*",
-        "arn:aws:s3:::bucket/metaflow/.sandbox-staging/abc/*",
-    ]
-    assert statements[("s3:PutObject",)]["Resource"] == [
-        "arn:aws:s3:::bucket/metaflow/.sandbox-staging/abc/*"
-    ]
-    assert statements[("s3:ListBucket",)]["Condition"]["StringLike"]["s3:prefix"] == [
-        "metaflow/MyFlow/*",
-        "metaflow/.sandbox-staging/abc/*",
-    ]
-    assert not any("Delete" in a for s in policy["Statement"] for a in s["Action"])
+
+def test_environment_vars_are_checked_like_env():
+    from metaflow_extensions.sandbox.plugins.sandbox.options import check_env
+
+    check_env({"A": "1", "B_2": ""}, "@environment(vars=...)")
+    with pytest.raises(ConfigError, match=r"^@environment\(vars=\.\.\.\)\['A=1'\]: a variable name cannot"):
+        check_env({"A=1": "x"}, "@environment(vars=...)")
+
+
+def test_option_keys_are_those_the_backend_and_the_extension_read():
+    from metaflow_extensions.sandbox.plugins.sandbox.options import EXTENSION_OPTION_KEYS
+    from metaflow_sandbox_core import Backend
+
+    class Plain(Backend):  # declares no options, like bubblewrap
+        name = "plain"
+
+    Plain.check_options({"python": "/usr/bin/python3"}, also=EXTENSION_OPTION_KEYS)
+    with pytest.raises(ConfigError) as err:
+        Plain.check_options({"snapshot": "x"}, also=EXTENSION_OPTION_KEYS)
+    assert str(err.value) == (
+        "Unknown plain option(s) 'snapshot' in options={...}; known: 'python'. Remove or correct them."
+    )

@@ -113,6 +113,19 @@ def _read_int(path: str, default: int) -> int:
         return default
 
 
+def _read_key(path: str, key: str) -> int | None:
+    """The number after `key` in a flat-keyed cgroup file ("oom_kill 1" lines), or None."""
+    try:
+        with open(path, encoding="ascii") as file:
+            for line in file:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _set_limit(version: int, directory: str, controller: str, value: float) -> str:
     """Write one limit; returns the interface file that holds it."""
     if controller == "memory":
@@ -158,6 +171,21 @@ class SandboxCgroup:
                 os.write(fd, data)
             finally:
                 os.close(fd)
+
+    def memory_exceeded(self) -> bool:
+        """True when the memory limit killed a process of this cgroup: `oom_kill` of memory.events (v2) or
+        memory.oom_control (v1); on v1 kernels that do not count kills (before 4.13), memory.failcnt (the
+        limit was hit). False without a memory cgroup, or once it is removed."""
+        limit_file = self.limits.get("memory")
+        if limit_file is None:
+            return False
+        directory = os.path.dirname(limit_file)
+        if os.path.basename(limit_file) == "memory.max":
+            return bool(_read_key(os.path.join(directory, "memory.events"), "oom_kill"))
+        kills = _read_key(os.path.join(directory, "memory.oom_control"), "oom_kill")
+        if kills is None:
+            kills = _read_int(os.path.join(directory, "memory.failcnt"), 0)
+        return bool(kills)
 
     def remove(self) -> None:
         remove_cgroup_dirs(self.dirs)

@@ -46,6 +46,11 @@ class SandboxLimits:
         """`prepare_child` when there is anything to apply (for `subprocess.Popen(preexec_fn=...)`)."""
         return self.prepare_child if self.cpus or self.cgroup.dirs or self.rlimits else None
 
+    def memory_exceeded(self) -> bool:
+        """True when the sandbox's memory cgroup killed a process (False under RLIMIT_AS: there an
+        allocation fails inside the process instead, e.g. as a `MemoryError`)."""
+        return self.cgroup.memory_exceeded()
+
     def release(self) -> None:
         """Remove the sandbox's cgroups (killing anything left in them)."""
         self.cgroup.remove()

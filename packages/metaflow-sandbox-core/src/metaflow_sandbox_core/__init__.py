@@ -19,7 +19,7 @@ from .registry import (
     pick_default_backend,
 )
 from .retry import call_with_retries
-from .spec import Mount, NetworkPolicy, SandboxSpec
+from .spec import Mount, NetworkPolicy, SandboxSpec, env_problem
 from .state_dir import default_state_dir
 
 __version__ = "0.1.0"
@@ -46,6 +46,7 @@ __all__ = [
     "backend_class",
     "call_with_retries",
     "default_state_dir",
+    "env_problem",
     "install_hint",
     "load_backend",
     "pick_default_backend",

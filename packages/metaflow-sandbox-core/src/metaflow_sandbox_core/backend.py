@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from .errors import ConfigError
 from .spec import NetworkPolicy, SandboxSpec
 
 _S = TypeVar("_S", bound="Sandbox")
@@ -94,6 +95,14 @@ class Sandbox(abc.ABC):
     def destroy(self) -> None:
         """Kill everything running in the sandbox and release it. Safe to call twice."""
 
+    def memory_exceeded(self) -> bool:
+        """True when the sandbox's memory limit killed a process in it (since it was created).
+
+        Optional: callers ask after a command ended by a signal, before `destroy`, to tell the user why.
+        Backends that cannot tell return False (the default).
+        """
+        return False
+
     def __enter__(self: _S) -> _S:
         return self
 
@@ -106,6 +115,21 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: The `SandboxSpec.options` keys this backend reads; callers refuse any other key (`check_options`).
+    option_keys: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], also: Iterable[str] = ()) -> None:
+        """`ConfigError` naming the known keys when `options` holds a key neither this backend reads nor the
+        caller does (`also`: keys the caller reads from the same mapping itself)."""
+        known = cls.option_keys | frozenset(also)
+        unknown = sorted(str(key) for key in options if key not in known)
+        if unknown:
+            accepted = ", ".join(repr(key) for key in sorted(known)) or "none"
+            raise ConfigError(
+                f"Unknown {cls.name} option(s) {', '.join(repr(key) for key in unknown)} in options={{...}}; "
+                f"known: {accepted}. Remove or correct them."
+            )
 
     def check(self) -> None:  # noqa: B027 - optional hook, most backends have nothing to check
         """Raise `ConfigError`/`UnavailableError` naming the fix if this backend cannot work here."""

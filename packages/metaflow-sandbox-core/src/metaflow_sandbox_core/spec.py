@@ -10,6 +10,19 @@ from typing import Any
 from .errors import ConfigError
 
 
+def env_problem(name: object, value: object) -> str | None:
+    """Why `name=value` cannot be an environment variable (a phrase naming the fix), or None."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        return "environment names and values must be strings"
+    if not name:
+        return "an environment variable needs a name; remove the empty key"
+    if "=" in name:
+        return "a variable name cannot contain '=' (it separates name from value); use the part before '=' as the key"
+    if "\0" in name or "\0" in value:
+        return "no environment variable can hold a NUL byte; remove it"
+    return None
+
+
 class NetworkPolicy(str, enum.Enum):
     """How much network a sandbox gets."""
 
@@ -77,6 +90,9 @@ class SandboxSpec:
         for key, value in self.env.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError(f"env[{key!r}]={value!r}: environment keys and values must be strings.")
+            problem = env_problem(key, value)
+            if problem:
+                raise ConfigError(f"env[{key!r}]: {problem}.")
         for key, value in self.labels.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError(f"labels[{key!r}]={value!r}: labels must map strings to strings.")

@@ -23,7 +23,7 @@ from metaflow_sandbox_core import (
 
 from .connection import DaytonaConnection
 from .errors import KEY_HELP, is_connection_error, is_daytona_error, is_not_found, status_of, translate
-from .plan import CreatePlan, plan_create
+from .plan import OPTION_KEYS, CreatePlan, plan_create
 from .sandbox import DaytonaSandbox
 from .sdk import sdk
 from .throttle import CreateThrottle, creates_per_minute_from_env, default_state_dir
@@ -54,6 +54,7 @@ class DaytonaBackend(Backend):
         network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL}),
         max_creates_per_minute=600,
     )
+    option_keys: ClassVar[frozenset[str]] = frozenset(OPTION_KEYS)
 
     def __init__(
         self,

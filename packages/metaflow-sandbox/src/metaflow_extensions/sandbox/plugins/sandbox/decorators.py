@@ -109,7 +109,9 @@ class SandboxDecorator(StepDecorator):
         try:
             self._resolve(decos, flow_datastore, logger)
         except SandboxError as error:
-            raise SandboxException("Step *%s*: %s" % (step, error))
+            # Metaflow prints each `*` of an error as a highlight marker and drops it: spell out the ones of
+            # the message (user input such as trusted_types or a denylist pattern).
+            raise SandboxException("Step *%s*: %s" % (step, str(error).replace("*", "<asterisk>")))
 
     def _check_combination(self, step, decos):
         names = [d.name for d in decos]
@@ -140,12 +142,17 @@ class SandboxDecorator(StepDecorator):
             pick_default_backend,
         )
 
-        from .options import parse_options
+        from .options import EXTENSION_OPTION_KEYS, check_env, parse_options
 
         options = parse_options(self._attributes_with_resources(decos))
+        for deco in decos:
+            variables = deco.attributes.get("vars") if deco.name == "environment" else None
+            if isinstance(variables, dict):  # Metaflow passes str(value) of each
+                check_env({k: str(v) for k, v in variables.items()}, "@environment(vars=...)")
         name = self._backend_name(options, pick_default_backend, logger)
         backend = backend_class(name)()
         backend.check()
+        backend.check_options(options.options, also=EXTENSION_OPTION_KEYS)
         backend.validate(
             SandboxSpec(
                 image=options.image,

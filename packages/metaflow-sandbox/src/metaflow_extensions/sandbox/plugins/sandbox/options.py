@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from metaflow_sandbox_core import ConfigError, NetworkPolicy
+from metaflow_sandbox_core import ConfigError, NetworkPolicy, env_problem
 
 from .attributes import ATTRIBUTE_DEFAULTS
+
+#: `options={...}` keys this extension reads itself (next to the ones the backend declares).
+EXTENSION_OPTION_KEYS = frozenset({"python"})
 
 
 @dataclass(frozen=True)
@@ -30,17 +33,27 @@ class SandboxOptions:
     trusted_types: tuple[str, ...] | str = ()
 
 
+#: How errors name the "*" form. Metaflow prints errors with every `*` taken as a highlight marker (and
+#: dropped), so a message holding the character would show '' to the user: say it in words.
+EVERY_PICKLE = "to accept every pickle, set trusted_types to a one-character string, the asterisk"
+
+
+def _shown(value: Any) -> str:
+    """`value` as the user wrote it, with asterisks spelled out (they would vanish, see `EVERY_PICKLE`)."""
+    return repr(value).replace("*", "<asterisk>")
+
+
 def _number(name: str, value: Any, example: str) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise ConfigError(f"{name}={value!r} is not a number; use e.g. {example}.")
+        raise ConfigError(f"{name}={_shown(value)} is not a number; use e.g. {example}.")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not a number; use e.g. {example}.")
+        raise ConfigError(f"{name}={_shown(value)} is not a number; use e.g. {example}.")
     if number != number or number in (float("inf"), float("-inf")):
-        raise ConfigError(f"{name}={value!r} is not a finite number; use e.g. {example}.")
+        raise ConfigError(f"{name}={_shown(value)} is not a finite number; use e.g. {example}.")
     return number
 
 
@@ -70,12 +83,48 @@ def _trusted_types(value: Any) -> tuple[str, ...] | str:
     if value == "*":
         return "*"
     if isinstance(value, str):  # from --with sandbox:trusted_types=numpy,pandas
-        value = [part.strip() for part in value.split(",") if part.strip()]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        value = [part.strip().strip("'\"") for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
         raise ConfigError(
-            f"trusted_types={value!r} must be a list of module names, e.g. trusted_types=['numpy', 'pandas'], or '*'."
+            f"trusted_types={_shown(value)} must be a list of module names, e.g. trusted_types=['numpy', "
+            f"'pandas']; {EVERY_PICKLE}."
         )
-    return tuple(value)
+    entries = list(value)
+    if entries == ["*"]:
+        return "*"
+    names = [entry for entry in entries if entry != "*"]
+    for entry in names:
+        if not isinstance(entry, str) or not entry.strip():
+            raise ConfigError(
+                f"trusted_types={_shown(value)}: {_shown(entry)} is not a module name; list module names, e.g. "
+                f"trusted_types=['numpy', 'pandas']; {EVERY_PICKLE}."
+            )
+        if "*" in entry:
+            base = entry.replace("*", "").strip(".") or "numpy"
+            raise ConfigError(
+                f"trusted_types={_shown(value)}: a module name is already a prefix (it covers its submodules) "
+                f"and takes no wildcard; write {base!r}."
+            )
+        if not all(part.isidentifier() for part in entry.split(".")):
+            raise ConfigError(
+                f"trusted_types={_shown(value)}: {entry!r} is not a module name (like 'numpy' or "
+                "'pandas.core.frame'); list modules, or 'module.Name' for one class or function."
+            )
+    if len(names) < len(entries):
+        raise ConfigError(
+            f"trusted_types={_shown(value)}: the asterisk accepts every pickle on its own and cannot be combined "
+            f"with module names; keep only the modules (trusted_types={names!r}), or {EVERY_PICKLE} alone."
+        )
+    return tuple(entries)
+
+
+def check_env(env: Mapping[Any, Any], where: str) -> None:
+    """`ConfigError` naming the fix for a variable that cannot be passed into a sandbox (`where` names the
+    setting, e.g. "env" or "@environment(vars=...)")."""
+    for key, value in env.items():
+        problem = env_problem(key, value)
+        if problem:
+            raise ConfigError(f"{where}[{key!r}]: {problem}.")
 
 
 def parse_options(attributes: Mapping[str, Any]) -> SandboxOptions:
@@ -91,6 +140,7 @@ def parse_options(attributes: Mapping[str, Any]) -> SandboxOptions:
             raise ConfigError(
                 f"env[{key!r}]={value!r}: environment values must be strings; use env={{{key!r}: {str(value)!r}}}."
             )
+    check_env(env, "env")
     memory = _positive("memory", attributes.get("memory"), "memory=4096 (MiB)")
     disk = _positive("disk", attributes.get("disk"), "disk=10240 (MiB)")
     gpu = _positive("gpu", attributes.get("gpu"), "gpu=1", allow_zero=True)
