@@ -189,3 +189,50 @@ def test_provider_keys_and_denied_names_never_enter_a_sandbox(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "@environment passes MY_TEAM_TOKEN into the sandbox" in output, output
     assert not (cache / "staging").exists()
+
+
+MEMORY_FLOW = """
+from metaflow import FlowSpec, step, bubblewrap
+class MemoryFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.hog)
+    @bubblewrap(memory=256)
+    @step
+    def hog(self):
+        self.data = b"x" * (1 << 30)  # 1 GiB, every page written
+        self.next(self.end)
+    @step
+    def end(self):
+        pass
+if __name__ == "__main__":
+    MemoryFlow()
+"""
+
+
+def test_a_step_killed_by_its_memory_limit_is_told_so(tmp_path):
+    from metaflow_sandbox_bubblewrap import BubblewrapBackend
+    from metaflow_sandbox_core import SandboxSpec
+
+    probe = BubblewrapBackend(state_dir=str(tmp_path / "probe")).create(SandboxSpec(memory_mb=256))
+    try:
+        if "memory" not in probe.limits.cgroup.limits:
+            pytest.skip(f"this machine cannot limit a sandbox's memory: {probe.limits.enforcement['memory']}")
+    finally:
+        probe.destroy()
+    flow = tmp_path / "memory_flow.py"
+    flow.write_text(MEMORY_FLOW)
+    result = subprocess.run(
+        [sys.executable, str(flow), "--metadata", "local", "run"],
+        cwd=tmp_path,
+        env=_base_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert (
+        "The step exceeded memory=256 MiB and was killed by the sandbox's memory limit; give it more memory "
+        "(memory=... in MiB, e.g. memory=512)." in output
+    ), output

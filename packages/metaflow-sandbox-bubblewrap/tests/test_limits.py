@@ -24,8 +24,10 @@ def test_memory_limit_kills_a_sandbox_that_exceeds_it(create_bubblewrap: CreateS
         pytest.skip(f"no memory cgroup here: {sandbox.limits.enforcement['memory']}")
     # `tail -n 1` keeps a newline-free input in memory: a coreutils-only way to allocate.
     assert shell(sandbox, "head -c 16000000 /dev/zero | tail -n 1 > /dev/null") == (0, "")
+    assert not sandbox.memory_exceeded()
     code, output = shell(sandbox, "head -c 200000000 /dev/zero | tail -n 1 > /dev/null")
     assert code == 137, f"allocating 200 MB under a 64 MiB limit ended with {code}: {output}"
+    assert sandbox.memory_exceeded(), "the memory cgroup killed a process but the sandbox does not say so"
 
 
 def test_memory_exceeded_reads_the_kill_count_of_either_cgroup_version(tmp_path) -> None:

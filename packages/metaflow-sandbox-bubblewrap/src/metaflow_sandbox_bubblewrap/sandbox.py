@@ -208,6 +208,10 @@ class BubblewrapSandbox(Sandbox):
 
     # -- lifetime -----------------------------------------------------------------------------------
 
+    def memory_exceeded(self) -> bool:
+        """True when the memory cgroup killed a process of this sandbox (see `SandboxLimits`)."""
+        return self.limits.memory_exceeded()
+
     def destroy(self) -> None:
         """Kill every running command (each bwrap's process group; its pid namespace dies with it),
         remove the sandbox's cgroups and host directory. Idempotent; safe from any thread."""

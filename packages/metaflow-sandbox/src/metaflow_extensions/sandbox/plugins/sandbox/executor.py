@@ -228,9 +228,16 @@ class TaskExecutor:
             bootstrap, plan_file = f"{channel.base}/bootstrap.py", f"{channel.base}/plan.json"
             sandbox.upload(bootstrap_source(), bootstrap)
             sandbox.upload(plan.to_json().encode(), plan_file)
-            return sandbox.run(
+            code = sandbox.run(
                 plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=self.output
             )
+            if code > 128 and sandbox.memory_exceeded():  # killed by a signal: by the memory limit?
+                limit = f"memory={spec.memory_mb} MiB" if spec.memory_mb else "the backend's default memory"
+                self.say(
+                    f"The step exceeded {limit} and was killed by the sandbox's memory limit; give it more "
+                    f"memory (memory=... in MiB, e.g. memory={2 * (spec.memory_mb or 2048)})."
+                )
+            return code
         except SandboxTimeoutError:
             self.say(f"The step ran past its {spec.timeout:.0f}s sandbox time limit and was killed.")
             return EXIT_TIMEOUT
