@@ -91,7 +91,7 @@ class TrustRule:
 
     def __init__(self, trusted: Iterable[str] | str | None = None):
         self.everything = trusted == "*"
-        self.entries: tuple[str, ...] = () if self.everything else tuple(trusted or ())  # type: ignore[arg-type]
+        self.entries: tuple[str, ...] = () if trusted is None or isinstance(trusted, str) else tuple(trusted)
         self._verdicts: dict[tuple[str, str], bool | str] = {}
         #: Why the last global was refused, beyond "it references ...".
         self.last_reason = ""
@@ -151,7 +151,7 @@ def artifact_problems(
     only: set[str] | None = None,
 ) -> list[str]:
     """Check the artifacts a task's `<attempt>.data.json` lists (those whose blob is in `only`, if given);
-    `open_blob(sha)` reads one blob as stored (gzip-compressed unless it starts otherwise)."""
+    `open_blob(sha)` opens one blob as stored, seekable (gzip-compressed unless it starts otherwise)."""
     allowed = trust_rule(trusted)
     try:
         listing = json.loads(data_json)
@@ -168,9 +168,9 @@ def artifact_problems(
             problems.append(f"artifact {name!r} has unknown encoding {encoding!r}")
             continue
         with open_blob(str(sha)) as stream:
-            buffered = io.BufferedReader(stream) if not hasattr(stream, "peek") else stream  # type: ignore[arg-type]
-            raw = buffered.peek(2)[:2] != b"\x1f\x8b"  # type: ignore[attr-defined]
-            why = pickle_problem(open_artifact(buffered, raw), allowed)
+            head = stream.read(2)
+            stream.seek(0)
+            why = pickle_problem(open_artifact(stream, head != b"\x1f\x8b"), allowed)
         if why:
             problems.append(f"artifact {name!r} cannot be loaded safely: {why}")
     return problems

@@ -138,12 +138,22 @@ def _protocol0_text(op: str, line: bytes) -> object:
         if op == "UNICODE":
             text = line.decode("raw-unicode-escape")
         elif len(line) >= 2 and line[:1] == line[-1:] and line[:1] in b"\"'":
-            text = codecs.escape_decode(line[1:-1])[0].decode("ascii")  # type: ignore[attr-defined]
+            text = codecs.escape_decode(line[1:-1])[0].decode("ascii")
     except (UnicodeDecodeError, ValueError):
         pass
     return (
         _Str(text) if text is not None and len(text) <= MAX_NAME and _DOTTED_NAME.fullmatch(text) else OPAQUE
     )
+
+
+def _memo_key(op: str, value: object) -> int:
+    """The memo index of a PUT/GET (decimal text) or BINPUT/BINGET and LONG_ variants (little-endian)."""
+    if not isinstance(value, bytes):
+        raise PickleRefused("it is malformed (memo key)")
+    try:
+        return int(value) if op in ("PUT", "GET") else int.from_bytes(value, "little")
+    except ValueError:
+        raise PickleRefused("it is malformed (memo key)")
 
 
 def scan_pickle(stream: IO[bytes], allowed: Callable[[str, str], bool]) -> None:
@@ -220,18 +230,12 @@ def scan_pickle(stream: IO[bytes], allowed: Callable[[str, str], bool]) -> None:
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             if not stack or stack[-1] is MARK:
                 raise PickleRefused("it is malformed (memoizes nothing)")
-            if name == "MEMOIZE":
-                key = memo.size()
-            elif name == "PUT":
-                key = int(value or b"-1")  # type: ignore[arg-type]
-            else:
-                key = int.from_bytes(value, "little")  # type: ignore[arg-type]
+            key = memo.size() if name == "MEMOIZE" else _memo_key(name, value)
             if key < 0:
                 raise PickleRefused("it is malformed (negative memo key)")
             memo.put(key, stack[-1])
         elif name in ("GET", "BINGET", "LONG_BINGET"):
-            key = int(value or b"-1") if name == "GET" else int.from_bytes(value, "little")  # type: ignore[arg-type]
-            stack.append(memo.get(key))
+            stack.append(memo.get(_memo_key(name, value)))
         elif name == "STACK_GLOBAL":
             attribute_item, module_item = pop(), pop()
             if not isinstance(module_item, _Str) or not isinstance(attribute_item, _Str):

@@ -107,7 +107,8 @@ class S3Datastore:
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self.key(rel))  # type: ignore[no-any-return]
+            head: dict = self.client.head_object(Bucket=self.bucket, Key=self.key(rel))
+            return head
         except ClientError as error:
             if str(error.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -117,7 +118,8 @@ class S3Datastore:
         return self._head(rel) is not None
 
     def open(self, rel: str) -> IO[bytes]:
-        return self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"]  # type: ignore[no-any-return]
+        body: IO[bytes] = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"]
+        return body
 
     def cas_raw(self, rel: str) -> bool | None:
         head = self._head(rel)
