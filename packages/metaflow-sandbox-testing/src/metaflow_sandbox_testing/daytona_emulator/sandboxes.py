@@ -21,6 +21,9 @@ from typing import Any
 from .commands import Command, Session
 from .envelope import SOURCE_DAEMON, SOURCE_PROXY, EmulatorError
 from .faults import Faults, find_marker
+
+#: How long after its marker line a `kill_on_marker` sandbox dies (time for the line to reach log followers).
+MARKER_KILL_DELAY = 0.5
 from .image import Image, login_profile
 
 ORGANIZATION_ID = "emulator-organization"
@@ -218,7 +221,9 @@ class EmulatedSandbox:
         found, self._tails[key] = find_marker(self._tails.get(key, b""), data, faults.kill_marker.encode())
         if found:
             faults.kill_on_marker -= 1
-            self.registry.kill_now(self)
+            # The line holding the marker reaches the command's followers first (as output printed before
+            # a host failure does), then the sandbox dies.
+            asyncio.get_running_loop().call_later(MARKER_KILL_DELAY, self.registry.kill_now, self)
 
     def later(self, delay: float, callback: Any, *args: Any) -> None:
         """Run the coroutine function `callback(*args)` in `delay` seconds (unless the sandbox ends first)."""
