@@ -21,10 +21,10 @@ from typing import Any
 from .commands import Command, Session
 from .envelope import SOURCE_DAEMON, SOURCE_PROXY, EmulatorError
 from .faults import Faults, find_marker
+from .image import Image, login_profile
 
 #: How long after its marker line a `kill_on_marker` sandbox dies (time for the line to reach log followers).
 MARKER_KILL_DELAY = 0.5
-from .image import Image, login_profile
 
 ORGANIZATION_ID = "emulator-organization"
 DEFAULT_SIZES = {"cpu": 1, "memory": 1, "disk": 3, "gpu": 0}
