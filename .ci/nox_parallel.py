@@ -143,6 +143,20 @@ def main(argv: list[str]) -> int:
     print(
         f"{'wall time':{width}}  {'':7}  {clock(wall):>8}  {clock(cpu):>8}  (sessions: {clock(busy)} together)"
     )
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for name in todo:
+        log = LOGS / log_name(name)
+        summaries = (
+            re.findall(r"^=* ?((?:\d+ \w+(?:, )?)+) in [\d.]+s", log.read_text(errors="replace"), re.M)
+            if log.exists()
+            else []
+        )
+        for word, number in re.findall(
+            r"(\d+) (passed|failed|skipped|errors?)", summaries[-1] if summaries else ""
+        ):
+            counts["failed" if number.startswith("error") else number] += int(word)
+    # The plain closing line CI reads: every pytest run of every session, added up.
+    print(f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
     history.update({name: round(took, 1) for name, (status, took, _) in results.items() if status == "ok"})
     HISTORY.write_text(json.dumps(history, indent=1, sort_keys=True))
     return 1 if failed or any(status == "not run" for status, _, _ in results.values()) else 0
