@@ -151,10 +151,10 @@ def main(argv: list[str]) -> int:
             if log.exists()
             else []
         )
-        for word, number in re.findall(
+        for count, label in re.findall(
             r"(\d+) (passed|failed|skipped|errors?)", summaries[-1] if summaries else ""
         ):
-            counts["failed" if number.startswith("error") else number] += int(word)
+            counts["failed" if label.startswith("error") else label] += int(count)
     # The plain closing line CI reads: every pytest run of every session, added up.
     print(f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
     history.update({name: round(took, 1) for name, (status, took, _) in results.items() if status == "ok"})
