@@ -6,11 +6,13 @@ Each session runs as its own `nox -s NAME` with its output in .nox/logs/NAME.log
 one ends, then the end of the log of any that failed, then a table of every session's status, duration and
 CPU time (user + system, of the session's processes and the children they waited for: a sum far below
 jobs x wall time means the cores were idle).
-Sessions start longest first: by the durations of the last run here (.nox/logs/durations.json), else
-integration rows with local metadata (the full flow behaviours), then the other integration rows, then the
-rest. The flows mostly wait on subprocesses and I/O, so two rows at once fill two cores better than one.
-N (default 2, or MFS_CI_JOBS) sessions run at once. Exit status: 0 when every session succeeded (or was
-skipped), 1 otherwise.
+Sessions start longest first: by the durations of the last run here (.nox/logs/durations.json), else of the
+reference run (.ci/durations.json); a session in neither counts as long if it is an integration row with
+local metadata (the full flow behaviours), shorter if it is another integration row.
+
+N (default 2, or MFS_CI_JOBS) sessions run at once: an integration row keeps well under one core busy (its
+flows mostly wait on subprocesses, S3 and sockets), so two at a time use a 2-core machine. Exit status: 0 when
+every session succeeded (or was skipped), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".nox" / "logs"
 HISTORY = LOGS / "durations.json"
+#: Durations measured on a 2-core machine (`./dev test`), for the order of a first run (CI's fresh checkout).
+BASELINE = ROOT / ".ci" / "durations.json"
 #: Lines of a failed session's log shown at the end: all of it in CI (where the files are gone afterwards).
 TAIL = None if os.environ.get("CI") else 150
 
@@ -71,7 +75,7 @@ def main(argv: list[str]) -> int:
             selection.append(word)
     nox = [sys.executable, "-m", "nox"]
     todo = sessions(nox, selection or ["-t", "ci"])
-    history = json.loads(HISTORY.read_text()) if HISTORY.exists() else {}
+    history = json.loads((HISTORY if HISTORY.exists() else BASELINE).read_text())
     todo.sort(key=lambda name: -float(history.get(name, guess(name))))
     LOGS.mkdir(parents=True, exist_ok=True)
     print(f"==> {len(todo)} sessions, {jobs} at a time; logs in {LOGS.relative_to(ROOT)}/", flush=True)
