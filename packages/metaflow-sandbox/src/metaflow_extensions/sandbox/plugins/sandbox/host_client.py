@@ -20,7 +20,8 @@ SOCKET_ENV = "METAFLOW_SANDBOX_HOST_SOCKET"
 CODE_ENV = "METAFLOW_SANDBOX_HOST_CODE"
 IDLE_ENV = "METAFLOW_SANDBOX_HOST_IDLE"
 HOST_MODULE = "metaflow_extensions.sandbox.plugins.sandbox.sandbox_host"
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
+HANDSHAKE_TIMEOUT = 15.0
 EXIT_INFRASTRUCTURE = 202
 
 
@@ -39,13 +40,13 @@ def _connect(path: str) -> socket.socket | None:
     return sock
 
 
-def _start_host(path: str) -> None:
+def _start_host(path: str) -> subprocess.Popen[bytes]:
     """Start a host on `path` in its own session (it outlives this task); it logs next to its socket."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
     with open(path + ".log", "ab") as log:
-        subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", HOST_MODULE, "--socket", path],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -58,26 +59,28 @@ def _start_host(path: str) -> None:
 def _handed_over(path: str, hello: dict) -> socket.socket:
     """A connection whose host accepted the task: a running host, else a new one (replacing a stale one)."""
     deadline = time.monotonic() + START_TIMEOUT
-    started = False
+    host: subprocess.Popen[bytes] | None = None
     while time.monotonic() < deadline:
         sock = _connect(path)
         if sock is None:
-            if not started:
-                _start_host(path)
-                started = True
+            # None started, or the one started gave way (another host held the lock, e.g. one that was
+            # exiting when we came): start one.
+            if host is None or host.poll() is not None:
+                host = _start_host(path)
             time.sleep(0.02)
             continue
         try:
+            sock.settimeout(HANDSHAKE_TIMEOUT)  # a host that took the connection but never answers: retry
             wire.send(sock, wire.HELLO, hello)
             kind, _ = wire.receive(sock)
+            sock.settimeout(None)
         except (OSError, wire.ConnectionClosed):
             sock.close()
             time.sleep(0.05)
             continue
         if kind == wire.ACCEPT:
             return sock
-        sock.close()  # STALE: that host retires and frees the socket; start the current one
-        started = False
+        sock.close()  # STALE: that host retires and frees the socket; the next round starts the current one
         time.sleep(0.05)
     raise OSError(f"no sandbox host answered on {path} within {START_TIMEOUT:.0f} s (see {path}.log)")
 
