@@ -11,8 +11,10 @@ launcher (or in a client process) can create it.
 Refusal wording is not pinned: a refusal line is a launcher line (`LAUNCHER` prefix) with one of the
 loose keywords `REFUSED`; it names a bound when it also has one of `BOUND`.
 
-Rows: every test runs in every integration row where it applies; the skips say why not elsewhere
-(setuid and sparse files need the local staging tree; /proc/sys and keyrings need a real local sandbox).
+Rows: every test runs in every full integration row (each backend x datastore, local metadata) where it
+applies; the skips say why not elsewhere (setuid and sparse files need the local staging tree; /proc/sys and
+keyrings need a real local sandbox). The metadata-service rows run the forged-metadata test of
+test_security_and_tools.py instead.
 Run one row with e.g. MFS_TEST_BACKEND=bubblewrap MFS_TEST_DATASTORE=s3 MFS_TEST_METADATA=local.
 """
 
