@@ -7,6 +7,7 @@ host's memory over many tasks). Called by run.py; each figure against a baseline
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 FLOWS = HERE / "flows"
@@ -97,102 +100,88 @@ def _stop_hosts(root: Path) -> None:
             pass
 
 
-def p2_daytona_overhead(width: int = 20) -> dict:
-    """Per-task overhead over plain on the Daytona emulator + S3: foreach of `width`, one worker, after a
-    warm-up run (a warm host, as a user's second run finds it)."""
+@contextlib.contextmanager
+def _daytona_world(prefix: str) -> Iterator[tuple[Path, dict[str, str], Any]]:
+    """A scratch root, a real S3 server with a bucket and a Daytona emulator whose image has no metaflow:
+    (root, the environment a run needs, the emulator). Hosts started under the root are stopped after."""
     from metaflow_sandbox_testing.clean_python import make_clean_python
     from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator
     from metaflow_sandbox_testing.s3_server import S3Server
 
-    root = Path(tempfile.mkdtemp(prefix="mfs-p2-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         image = make_clean_python(root / "image")
         with S3Server() as s3, DaytonaEmulator(python=image) as emulator:
             s3.create_bucket("bench")
-            env = {
-                **_base_env(root),
-                **s3.metaflow_env("bench"),
-                **emulator.env(),
-                "METAFLOW_SANDBOX_BACKEND": "daytona",
-            }
-            project = _project(root, "p2")
-            args = ("fanout_flow.py", "--metadata", "local", "--datastore", "s3", "run", "--max-workers", "1")
-            args += ("--width", str(width))
-            _run(project, {**env, "BENCH_SANDBOX": "1"}, *args)  # warm-up: package, bundle, host
-            plain, boxed = [], []
-            for _ in range(2):
-                plain.append(_run(project, {**env, "BENCH_SANDBOX": "0"}, *args)[0])
-                boxed.append(_run(project, {**env, "BENCH_SANDBOX": "1"}, *args)[0])
-            left = len(emulator.live_sandboxes())
-        p, b = statistics.median(plain), statistics.median(boxed)
-        return {
-            "tasks": width,
-            "plain_wall_s": round(p, 2),
-            "sandboxed_wall_s": round(b, 2),
-            "overhead_per_task_s": round((b - p) / width, 3),
-            "target_s": 0.3,
-            "sandboxes_left": left,
-        }
+            env = {**_base_env(root), **s3.metaflow_env("bench"), **emulator.env()}
+            yield root, {**env, "METAFLOW_SANDBOX_BACKEND": "daytona"}, emulator
     finally:
         _stop_hosts(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def p2_daytona_overhead(width: int = 20) -> dict:
+    """Per-task overhead over plain on the Daytona emulator + S3: foreach of `width`, one worker, after a
+    warm-up run (a warm host, as a user's second run finds it)."""
+    with _daytona_world("mfs-p2-") as (root, env, emulator):
+        project = _project(root, "p2")
+        args = ("fanout_flow.py", "--metadata", "local", "--datastore", "s3", "run", "--max-workers", "1")
+        args += ("--width", str(width))
+        _run(project, {**env, "BENCH_SANDBOX": "1"}, *args)  # warm-up: package, bundle, host
+        plain, boxed = [], []
+        for _ in range(2):
+            plain.append(_run(project, {**env, "BENCH_SANDBOX": "0"}, *args)[0])
+            boxed.append(_run(project, {**env, "BENCH_SANDBOX": "1"}, *args)[0])
+        left = len(emulator.live_sandboxes())
+    p, b = statistics.median(plain), statistics.median(boxed)
+    return {
+        "tasks": width,
+        "plain_wall_s": round(p, 2),
+        "sandboxed_wall_s": round(b, 2),
+        "overhead_per_task_s": round((b - p) / width, 3),
+        "target_s": 0.3,
+        "sandboxes_left": left,
+    }
 
 
 def p5_wide_foreach(width: int = 200, workers: int = 32) -> dict:
     """A foreach of `width` @daytona tasks with `--max-workers workers`: completes, 0 failures, 0 sandboxes
-    left; the emulator's create times show the client-side rate limit held."""
-    from metaflow_sandbox_testing.clean_python import make_clean_python
-    from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator
-    from metaflow_sandbox_testing.s3_server import S3Server
-
-    root = Path(tempfile.mkdtemp(prefix="mfs-p5-"))
+    left; the start times of the sandboxes show the client-side create rate limit held."""
     rate = 600
-    try:
-        image = make_clean_python(root / "image")
-        with S3Server() as s3, DaytonaEmulator(python=image) as emulator:
-            s3.create_bucket("bench")
-            env = {
-                **_base_env(root),
-                **s3.metaflow_env("bench"),
-                **emulator.env(),
-                "METAFLOW_SANDBOX_BACKEND": "daytona",
-            }
-            env["METAFLOW_SANDBOX_DAYTONA_CREATES_PER_MINUTE"] = str(rate)
-            project = _project(root, "p5")
-            args = ("fanout_flow.py", "--metadata", "local", "--datastore", "s3", "run")
-            args += ("--max-workers", str(workers), "--width", str(width))
-            plain, _ = _run(project, {**env, "BENCH_SANDBOX": "0"}, *args)
-            failures = []
-            boxed, output = _run(
-                project,
-                {**env, "BENCH_SANDBOX": "1"},
-                *args,
-                on_line=lambda line: failures.append(line) if "Task failed" in line else None,
-            )
-            left = len(emulator.live_sandboxes())
-        # When each sandbox was ready, as the runtime stamped the launcher's "Running in …" line.
-        created = sorted(
-            time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
-            for m in re.finditer(
-                r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.\d+ .*Running in daytona sandbox", output, re.M
-            )
+    with _daytona_world("mfs-p5-") as (root, env, emulator):
+        env = {**env, "METAFLOW_SANDBOX_DAYTONA_CREATES_PER_MINUTE": str(rate)}
+        project = _project(root, "p5")
+        args = ("fanout_flow.py", "--metadata", "local", "--datastore", "s3", "run")
+        args += ("--max-workers", str(workers), "--width", str(width))
+        plain, _ = _run(project, {**env, "BENCH_SANDBOX": "0"}, *args)
+        failures: list[str] = []
+        boxed, output = _run(
+            project,
+            {**env, "BENCH_SANDBOX": "1"},
+            *args,
+            on_line=lambda line: failures.append(line) if "Task failed" in line else None,
         )
-        busiest = max((sum(1 for t in created if start <= t < start + 60) for start in created), default=0)
-        return {
-            "tasks": width,
-            "max_workers": workers,
-            "plain_wall_s": round(plain, 1),
-            "sandboxed_wall_s": round(boxed, 1),
-            "ratio": round(boxed / plain, 2),
-            "failures": len(failures),
-            "sandboxes_left": left,
-            "creates_per_minute_limit": rate,
-            "sandboxes_started": len(created),
-            "busiest_minute_creates": busiest,
-        }
-    finally:
-        _stop_hosts(root)
-        shutil.rmtree(root, ignore_errors=True)
+        left = len(emulator.live_sandboxes())
+    # When each sandbox was ready, as the runtime stamped the launcher's "Running in …" line.
+    created = sorted(
+        time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+        for m in re.finditer(
+            r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.\d+ .*Running in daytona sandbox", output, re.M
+        )
+    )
+    busiest = max((sum(1 for t in created if start <= t < start + 60) for start in created), default=0)
+    return {
+        "tasks": width,
+        "max_workers": workers,
+        "plain_wall_s": round(plain, 1),
+        "sandboxed_wall_s": round(boxed, 1),
+        "ratio": round(boxed / plain, 2),
+        "failures": len(failures),
+        "sandboxes_left": left,
+        "creates_per_minute_limit": rate,
+        "sandboxes_started": len(created),
+        "busiest_minute_creates": busiest,
+    }
 
 
 def r5_host_memory(tasks: int = 500) -> dict:
