@@ -152,7 +152,14 @@ def p5_wide_foreach(width: int = 200, workers: int = 32) -> dict:
         env = {**env, "METAFLOW_SANDBOX_DAYTONA_CREATES_PER_MINUTE": str(rate)}
         project = _project(root, "p5")
         args = ("fanout_flow.py", "--metadata", "local", "--datastore", "s3", "run")
-        args += ("--max-workers", str(workers), "--width", str(width))
+        args += (
+            "--max-workers",
+            str(workers),
+            "--width",
+            str(width),
+            "--max-num-splits",
+            str(max(width, 100)),
+        )
         plain, _ = _run(project, {**env, "BENCH_SANDBOX": "0"}, *args)
         failures: list[str] = []
         boxed, output = _run(
@@ -214,6 +221,8 @@ def r5_host_memory(tasks: int = 500) -> dict:
             "1",
             "--width",
             str(tasks),
+            "--max-num-splits",
+            str(max(tasks, 100)),
             on_line=on_line,
         )
         return {
