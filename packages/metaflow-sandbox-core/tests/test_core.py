@@ -36,7 +36,7 @@ def _backend(name, isolation, local=True, works=True):
             "name": name,
             "capabilities": Capabilities(isolation=isolation, local=local, can_mount=True),
             "check": check,
-            "create": lambda self, spec: None,
+            "_create": lambda self, spec: None,
             "list": lambda self, labels=None: [],
             "destroy": lambda self, sandbox_id: None,
         },
@@ -88,10 +88,9 @@ def test_sandboxes_report_no_memory_kill_unless_the_backend_can_tell():
     from metaflow_sandbox_core import Sandbox
 
     class Minimal(Sandbox):
-        id = "m"
-        upload = download = run = destroy = lambda self, *a, **k: None
+        _start = _write_file = _read_file = _destroy = lambda self, *a, **k: None
 
-    assert Minimal().memory_exceeded() is False
+    assert Minimal("m", SandboxSpec()).memory_exceeded() is False
 
 
 def test_unknown_and_not_installed_backends_name_the_fix(installed):

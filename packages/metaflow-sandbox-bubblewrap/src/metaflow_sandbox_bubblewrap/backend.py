@@ -16,6 +16,7 @@ from metaflow_sandbox_core import (
     NetworkPolicy,
     SandboxInfo,
     SandboxSpec,
+    labels_match,
 )
 
 from .cgroups import CGROUP_PREFIX, find_cgroup_dirs, remove_cgroup_dirs
@@ -25,7 +26,7 @@ from .limits import SandboxLimits, apply_limits, reject_unsupported
 from .probe import check_bubblewrap
 from .processes import kill_recorded
 from .sandbox import LIVE_SANDBOXES, BubblewrapSandbox
-from .state import SandboxRecord, StateRoot, labels_match, remove_tree
+from .state import SandboxRecord, StateRoot, remove_tree
 
 
 class BubblewrapBackend(Backend):
@@ -38,7 +39,7 @@ class BubblewrapBackend(Backend):
     """
 
     name: ClassVar[str] = "bubblewrap"
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    capabilities = Capabilities(
         isolation=Isolation.NAMESPACES,
         local=True,
         can_mount=True,
@@ -50,6 +51,7 @@ class BubblewrapBackend(Backend):
     def __init__(self, bwrap: str | None = None, state_dir: str | None = None):
         self.bwrap = bwrap
         self.state = StateRoot(state_dir)
+        self.state_dir = self.state.path
 
     def check(self) -> None:
         """`ConfigError` if bwrap is missing; `UnavailableError` (not retryable) if it cannot make namespaces."""
@@ -64,9 +66,8 @@ class BubblewrapBackend(Backend):
             )
         reject_unsupported(spec)
 
-    def create(self, spec: SandboxSpec) -> BubblewrapSandbox:
+    def _create(self, spec: SandboxSpec) -> BubblewrapSandbox:
         bwrap = check_bubblewrap(self.bwrap)
-        self.validate(spec)
         _reject_unusable_mounts(spec)
         self.state.ensure()
         sandbox_id = self.state.new_id()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from metaflow_sandbox_core import ConfigError, NetworkPolicy
+from metaflow_sandbox_core import NetworkPolicy
 
 from .layout import (
     NAMESPACED_USER,
@@ -151,26 +151,3 @@ def build_bwrap_argv(
         *privilege_drop(user),
         *argv,
     ]
-
-
-def build_env(spec_env: Mapping[str, str], run_env: Mapping[str, str] | None) -> dict[str, str]:
-    """`BASE_ENV`, then `spec_env`, then `run_env` (later wins). Nothing comes from the host."""
-    env = {**BASE_ENV, **spec_env, **(run_env or {})}
-    for key, value in env.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ConfigError(f"env[{key!r}]={value!r}: environment keys and values must be strings.")
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise ConfigError(
-                f"env[{key!r}]: names must be non-empty without '=' or NUL; values without NUL."
-            )
-    return env
-
-
-def validate_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` as a list; `ConfigError` when it is empty or not a sequence of NUL-free strings."""
-    if isinstance(argv, (str, bytes)) or not argv:
-        raise ConfigError(f"argv={argv!r} must be a non-empty list of strings, e.g. ['sh', '-c', 'echo hi'].")
-    for arg in argv:
-        if not isinstance(arg, str) or "\0" in arg:
-            raise ConfigError(f"argv item {arg!r} must be a string without NUL bytes.")
-    return list(argv)

@@ -1,10 +1,9 @@
-"""Process bookkeeping: exit codes, killing a bwrap process group, recognising a recorded pid."""
+"""Process bookkeeping: recognising a recorded pid and killing its process group from any process."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -39,25 +38,6 @@ def process_start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), None if gone."""
     fields = _stat_fields(pid)
     return None if fields is None else int(fields[19])
-
-
-def exit_code(returncode: int) -> int:
-    """A Popen return code as a shell would report it: 128 + signal number when killed by a signal."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def kill_process_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process group `process` leads (it was started with a new session), if still ours.
-
-    Killing bwrap ends the whole sandbox: its pid-namespace init dies with it (--die-with-parent), and
-    the kernel kills everything else in the namespace.
-    """
-    if process.poll() is not None:  # reaped: the pid may already belong to someone else
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def kill_recorded(ref: ProcessRef, wait: float = 5.0) -> None:

@@ -12,7 +12,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from metaflow_sandbox_core import ConfigError, default_state_dir
@@ -106,10 +106,6 @@ class StateRoot:
                 yield SandboxRecord.load(SandboxLayout(entry.path).record_file)
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-
-
-def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
-    return all(labels.get(key) == value for key, value in (wanted or {}).items())
 
 
 def remove_tree(path: str, attempts: int = 5) -> None:

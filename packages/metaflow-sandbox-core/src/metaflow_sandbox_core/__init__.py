@@ -1,6 +1,9 @@
-"""The backend contract of metaflow-sandbox (standard library only)."""
+"""The backend contract of metaflow-sandbox and the machinery every backend shares (standard library only).
 
-from .backend import Backend, Capabilities, Isolation, OutputCallback, Sandbox, SandboxInfo
+Async SDKs: see `metaflow_sandbox_core.aio` (imported on its own, so that plain users do not import asyncio).
+"""
+
+from .backend import Backend, Capabilities, Isolation, SandboxInfo, labels_match
 from .errors import (
     AuthError,
     BackendNotInstalledError,
@@ -9,6 +12,9 @@ from .errors import (
     SandboxTimeoutError,
     UnavailableError,
 )
+from .limiter import CreateLimiter, create_limits, setting_name
+from .output import MAX_LINE_BYTES, LineSplitter, OutputCallback
+from .process import PipeCommand, exit_code, kill_process_group
 from .registry import (
     ENTRY_POINT_GROUP,
     KNOWN_BACKENDS,
@@ -18,7 +24,8 @@ from .registry import (
     load_backend,
     pick_default_backend,
 )
-from .retry import call_with_retries
+from .retry import RetryPolicy, call_with_retries, call_with_retries_async
+from .sandbox import KILLED, Command, Sandbox, check_argv, check_cwd, check_env
 from .spec import Mount, NetworkPolicy, SandboxSpec, env_problem
 from .state_dir import default_state_dir
 
@@ -26,16 +33,23 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "KILLED",
     "KNOWN_BACKENDS",
+    "MAX_LINE_BYTES",
     "AuthError",
     "Backend",
     "BackendNotInstalledError",
     "Capabilities",
+    "Command",
     "ConfigError",
+    "CreateLimiter",
     "Isolation",
+    "LineSplitter",
     "Mount",
     "NetworkPolicy",
     "OutputCallback",
+    "PipeCommand",
+    "RetryPolicy",
     "Sandbox",
     "SandboxError",
     "SandboxInfo",
@@ -45,9 +59,18 @@ __all__ = [
     "available_backends",
     "backend_class",
     "call_with_retries",
+    "call_with_retries_async",
+    "check_argv",
+    "check_cwd",
+    "check_env",
+    "create_limits",
     "default_state_dir",
     "env_problem",
+    "exit_code",
     "install_hint",
+    "kill_process_group",
+    "labels_match",
     "load_backend",
     "pick_default_backend",
+    "setting_name",
 ]

@@ -1,20 +1,18 @@
-"""The `Backend` / `Sandbox` contract every backend package implements."""
+"""The `Backend` contract every backend package implements (the `Sandbox` it creates is in `sandbox.py`)."""
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from .errors import ConfigError
+from .limiter import STATE_DIR_SETTING, CreateLimiter, create_limits, setting_name
+from .sandbox import Sandbox
 from .spec import NetworkPolicy, SandboxSpec
-
-_S = TypeVar("_S", bound="Sandbox")
-
-#: Receives each output line as it arrives: ("stdout" | "stderr", the line's bytes with its newline).
-OutputCallback = Callable[[str, bytes], None]
+from .state_dir import default_state_dir
 
 
 class Isolation(enum.IntEnum):
@@ -37,8 +35,12 @@ class Capabilities:
     network_policies: frozenset[NetworkPolicy] = field(
         default_factory=lambda: frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL})
     )
-    #: Provider's published limit on creations per minute, if any.
-    max_creates_per_minute: int | None = None
+    #: The provider's limit on creations per minute, if any: `Backend.create` keeps every process of the
+    #: user on this machine under it together (`METAFLOW_SANDBOX_<NAME>_CREATES_PER_MINUTE` overrides).
+    max_creates_per_minute: float | None = None
+    #: How many creations may be in progress at once on this machine, if limited
+    #: (`METAFLOW_SANDBOX_<NAME>_CONCURRENT_CREATES` overrides).
+    max_concurrent_creates: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,71 +52,26 @@ class SandboxInfo:
     created_at: float | None = None
 
 
-class Sandbox(abc.ABC):
-    """One live sandbox. `destroy` is idempotent; using it as a context manager always destroys.
-
-    Paths: `upload`/`download` must support absolute paths under `workdir`, where the extension puts the
-    bootstrap and its plan. `download` of a missing file raises `FileNotFoundError`.
-    After `destroy`, `run` raises `SandboxError`; a command killed by `destroy` returns 137.
-    """
-
-    id: str
-
-    @property
-    def workdir(self) -> str:
-        """A private, writable directory inside the sandbox (absolute). The extension keeps its bootstrap,
-        plan, package and logs below it. Backends whose sandboxes have their own home say so here."""
-        return "/tmp"
-
-    @abc.abstractmethod
-    def upload(self, data: bytes, sandbox_path: str) -> None:
-        """Write `data` to `sandbox_path` (parent directories are created)."""
-
-    @abc.abstractmethod
-    def download(self, sandbox_path: str) -> bytes:
-        """Read the whole file at `sandbox_path`."""
-
-    @abc.abstractmethod
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> int:
-        """Run `argv`, streaming each line to `on_output` as it arrives; return the exit code.
-
-        Output is never accumulated: memory stays flat whatever the command prints. A command
-        still running after `timeout` seconds is killed and `SandboxTimeoutError` is raised.
-        A command killed by a signal returns 128 + the signal number.
-        """
-
-    @abc.abstractmethod
-    def destroy(self) -> None:
-        """Kill everything running in the sandbox and release it. Safe to call twice."""
-
-    def memory_exceeded(self) -> bool:
-        """True when the sandbox's memory limit killed a process in it (since it was created).
-
-        Optional: callers ask after a command ended by a signal, before `destroy`, to tell the user why.
-        Backends that cannot tell return False (the default).
-        """
-        return False
-
-    def __enter__(self: _S) -> _S:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
+def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
+    """Whether `labels` carry every key of `wanted` with the same value (`Backend.list`'s filter)."""
+    return all(labels.get(key) == value for key, value in (wanted or {}).items())
 
 
 class Backend(abc.ABC):
-    """A kind of sandbox. Instances are cheap; `check` says whether it can work here."""
+    """A kind of sandbox. Instances are cheap; `check` says whether it can work here.
+
+    `create` is implemented here: it validates the spec, waits for the create limiter (the declared
+    limits, shared by the machine's processes), then calls the backend's `_create`.
+    """
 
     name: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
+    #: What this backend can do: a class attribute, which an instance may replace with its own (a backend
+    #: whose local and remote runtimes differ in `local`/`can_mount`). Always read it from the instance.
+    capabilities: Capabilities
+    #: Where this backend keeps per-machine state such as the create limiter's files; None means
+    #: `default_state_dir(name, "METAFLOW_SANDBOX_<NAME>_STATE_DIR")`.
+    state_dir: str | None = None
+    _create_limiter: CreateLimiter | None = None
     #: The `SandboxSpec.options` keys this backend reads; callers refuse any other key (`check_options`).
     option_keys: ClassVar[frozenset[str]] = frozenset()
 
@@ -144,13 +101,30 @@ class Backend(abc.ABC):
         Called before a run starts (so bad input stops it before any sandbox exists) and again by `create`.
         """
 
-    @abc.abstractmethod
     def create(self, spec: SandboxSpec) -> Sandbox:
         """Create and start a sandbox; it is ready to `run` when this returns."""
+        self.validate(spec)
+        with self.create_limiter().hold():
+            return self._create(spec)
+
+    def create_limiter(self) -> CreateLimiter:
+        """The limiter `create` waits for (see `limiter.py`); `ConfigError` for a malformed setting."""
+        per_minute, concurrent = create_limits(self.name, self.capabilities)
+        state_dir = self.state_dir or default_state_dir(self.name, setting_name(self.name, STATE_DIR_SETTING))
+        limiter = self._create_limiter
+        if limiter is None or limiter.settings != (per_minute, concurrent, state_dir):
+            limiter = self._create_limiter = CreateLimiter(
+                state_dir, per_minute=per_minute, concurrent=concurrent
+            )
+        return limiter
+
+    @abc.abstractmethod
+    def _create(self, spec: SandboxSpec) -> Sandbox:
+        """Create and start a sandbox for a validated `spec` (`create` has waited for the limiter)."""
 
     @abc.abstractmethod
     def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
-        """Live sandboxes carrying all of `labels`."""
+        """Live sandboxes carrying all of `labels` (see `labels_match`)."""
 
     @abc.abstractmethod
     def destroy(self, sandbox_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
@@ -19,16 +20,20 @@ from metaflow_sandbox_core import (
     SandboxInfo,
     SandboxSpec,
     UnavailableError,
+    create_limits,
+    default_state_dir,
+    labels_match,
 )
+from metaflow_sandbox_core.aio import call
 
 from .connection import DaytonaConnection
 from .errors import KEY_HELP, is_connection_error, is_daytona_error, is_not_found, status_of, translate
 from .plan import OPTION_KEYS, CreatePlan, plan_create
 from .sandbox import DaytonaSandbox
 from .sdk import sdk
-from .throttle import CreateThrottle, creates_per_minute_from_env, default_state_dir
 
 DEFAULT_API_URL = "https://app.daytona.io/api"
+STATE_DIR_ENV = "METAFLOW_SANDBOX_DAYTONA_STATE_DIR"
 #: States of a sandbox that is gone or going (never listed).
 GONE_STATES = ("destroyed", "destroying")
 FAILED_STATES = ("error", "build_failed")
@@ -41,12 +46,13 @@ class DaytonaBackend(Backend):
 
     Settings default to the environment: `api_key` ← DAYTONA_API_KEY, `api_url` ← DAYTONA_API_URL (default
     https://app.daytona.io/api), `target` ← DAYTONA_TARGET (region), `state_dir` ←
-    METAFLOW_SANDBOX_DAYTONA_STATE_DIR (where the create throttle lives), `creates_per_minute` ←
-    METAFLOW_SANDBOX_DAYTONA_CREATES_PER_MINUTE (default 600, shared by all processes on this machine).
+    METAFLOW_SANDBOX_DAYTONA_STATE_DIR (where core's create limiter keeps its files), `creates_per_minute`:
+    this instance's creation rate (default 600 a minute, shared by all processes on this machine;
+    METAFLOW_SANDBOX_DAYTONA_CREATES_PER_MINUTE overrides it).
     """
 
     name: ClassVar[str] = "daytona"
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    capabilities = Capabilities(
         isolation=Isolation.CONTAINER,
         local=False,
         can_mount=False,
@@ -67,8 +73,11 @@ class DaytonaBackend(Backend):
         self.api_key = api_key if api_key is not None else os.environ.get("DAYTONA_API_KEY", "")
         self.api_url = (api_url or os.environ.get("DAYTONA_API_URL") or DEFAULT_API_URL).rstrip("/")
         self.target = target or os.environ.get("DAYTONA_TARGET") or None
-        self.state_dir = state_dir or default_state_dir()
-        self._creates_per_minute = creates_per_minute
+        self.state_dir = state_dir or default_state_dir(self.name, STATE_DIR_ENV)
+        if creates_per_minute is not None:
+            self.capabilities = dataclasses.replace(
+                self.capabilities, max_creates_per_minute=creates_per_minute
+            )
         self._connection: DaytonaConnection | None = None
 
     # -- set-up -----------------------------------------------------------------------------------------
@@ -78,7 +87,7 @@ class DaytonaBackend(Backend):
         sdk()
         if not self.api_key:
             raise ConfigError(f"DAYTONA_API_KEY is not set: {KEY_HELP}.")
-        creates_per_minute_from_env()
+        create_limits(self.name, self.capabilities)  # a malformed METAFLOW_SANDBOX_DAYTONA_* limit
 
     def validate(self, spec: SandboxSpec) -> None:
         plan_create(spec)
@@ -90,14 +99,8 @@ class DaytonaBackend(Backend):
             self._connection = DaytonaConnection(self.api_key, self.api_url, self.target)
         return self._connection
 
-    def throttle(self) -> CreateThrottle:
-        per_minute = self._creates_per_minute
-        if per_minute is None:
-            per_minute = creates_per_minute_from_env()
-        return CreateThrottle(per_minute, self.state_dir)
-
     def close(self) -> None:
-        """Release the client and its event-loop thread (also done at exit)."""
+        """Close the client (also done at exit)."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -110,25 +113,24 @@ class DaytonaBackend(Backend):
         except ImportError:
             pass
 
-    def create(self, spec: SandboxSpec) -> DaytonaSandbox:
+    def _create(self, spec: SandboxSpec) -> DaytonaSandbox:
         plan = plan_create(spec)
         connection = self.connection
-        self.throttle().acquire()
         name = f"mfs-{uuid.uuid4().hex[:20]}"
         try:
-            remote, workdir = connection.call(self._create(plan, name))
+            remote, workdir = call(self._create_remote(plan, name))
         except SandboxError:
             raise
         except BaseException:
             # Interrupted (a signal, Ctrl-C) while Daytona may already have made it: do not leave it behind.
             try:
-                connection.call(self._discard(name), timeout=30)
+                call(self._discard(name), timeout=30)
             except BaseException:
                 pass
             raise
-        return DaytonaSandbox(self, connection, remote, spec, workdir)
+        return DaytonaSandbox(connection, remote, spec, workdir)
 
-    async def _create(self, plan: CreatePlan, name: str) -> tuple[Any, str]:
+    async def _create_remote(self, plan: CreatePlan, name: str) -> tuple[Any, str]:
         daytona = sdk()
         client = await self.connection.client()
         try:
@@ -194,7 +196,7 @@ class DaytonaBackend(Backend):
             found: list[SandboxInfo] = []
             async for remote in client.list(query):
                 remote_labels = dict(remote.labels or {})
-                if _state(remote) in GONE_STATES or any(remote_labels.get(k) != v for k, v in wanted.items()):
+                if _state(remote) in GONE_STATES or not labels_match(remote_labels, wanted):
                     continue
                 found.append(SandboxInfo(remote.id, remote_labels, _timestamp(remote.created_at)))
             return found

@@ -3,44 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
-import time
 import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from metaflow_sandbox_core import (
-    OutputCallback,
+    KILLED,
     Sandbox,
     SandboxError,
     SandboxSpec,
-    SandboxTimeoutError,
-    call_with_retries,
+    call_with_retries_async,
 )
+from metaflow_sandbox_core.aio import AsyncCommand, Emit, call, spawn
 
 from .command import shell_command
 from .connection import DaytonaConnection
 from .errors import is_daytona_error, is_not_found, translate
 from .plan import DEFAULT_AUTO_STOP_MINUTES
 from .sdk import sdk
-from .streaming import DONE, LineSplitter, OutputBridge
-
-if TYPE_CHECKING:
-    from .backend import DaytonaBackend
 
 log = logging.getLogger(__name__)
 
-#: Exit code of a command whose sandbox was destroyed (or died) under it: SIGKILL's 128 + 9.
-KILLED = 137
-#: How often run() looks at its deadline and at destroy() while no output arrives.
-TICK = 0.1
 #: Polling the command's status once its log stream has ended (or broken).
 POLL_START, POLL_MAX = 0.05, 1.0
-#: Background tasks on the loop (referenced until done, so they are not garbage collected mid-flight).
-_BACKGROUND: set[asyncio.Future[None]] = set()
+#: States of a sandbox that is no more (deleted, or died).
+GONE_STATES = ("destroyed", "destroying", "error", "build_failed", "stopped", "stopping", "archived")
 
 
 @dataclass
@@ -55,23 +43,11 @@ class _Job:
 class DaytonaSandbox(Sandbox):
     """A live Daytona sandbox. `workdir` is the sandbox user's home directory as Daytona reports it."""
 
-    def __init__(
-        self,
-        backend: DaytonaBackend,
-        connection: DaytonaConnection,
-        remote: Any,
-        spec: SandboxSpec,
-        workdir: str,
-    ):
-        self.id: str = remote.id
-        self._backend = backend
+    def __init__(self, connection: DaytonaConnection, remote: Any, spec: SandboxSpec, workdir: str):
+        super().__init__(remote.id, spec)
         self._connection = connection
-        self._remote = remote  # daytona.AsyncSandbox: only touched on the connection's loop
-        self._spec = spec
+        self._remote = remote  # daytona.AsyncSandbox: only touched on the event loop
         self._workdir = workdir
-        self._created = time.monotonic()
-        self._lock = threading.RLock()  # re-entrant: destroy() may run in a signal handler during run()
-        self._destroyed = False
         self._lost = False  # found gone (deleted elsewhere, or died) while a command ran
         auto_stop = spec.options.get("auto_stop_minutes", DEFAULT_AUTO_STOP_MINUTES)
         # Keep Daytona's auto-stop from stopping a sandbox whose command is still running.
@@ -85,9 +61,7 @@ class DaytonaSandbox(Sandbox):
     def api_url(self) -> str:
         return self._connection.api_url
 
-    def _alive(self, doing: str) -> None:
-        if self._destroyed:
-            raise SandboxError(f"Daytona sandbox {self.id} was destroyed; cannot {doing}.")
+    def _check_alive(self, doing: str) -> None:
         if self._lost:
             raise SandboxError(
                 f"Daytona sandbox {self.id} no longer exists (deleted, or it died); cannot {doing}."
@@ -100,112 +74,53 @@ class DaytonaSandbox(Sandbox):
 
     # -- files ------------------------------------------------------------------------------------------
 
-    def upload(self, data: bytes, sandbox_path: str) -> None:
-        self._alive(f"upload {sandbox_path}")
-
-        def attempt() -> None:
+    def _write_file(self, path: str, data: bytes) -> None:
+        async def attempt() -> None:
             try:
-                self._connection.call(self._remote.fs.upload_file(bytes(data), sandbox_path))
+                await self._remote.fs.upload_file(bytes(data), path)
             except Exception as error:
-                raise self._translate(error, f"upload {sandbox_path}") from error
+                raise self._translate(error, f"upload {path}") from error
 
-        call_with_retries(attempt, attempts=3)
+        call(call_with_retries_async(attempt, attempts=3))
 
-    def download(self, sandbox_path: str) -> bytes:
-        self._alive(f"download {sandbox_path}")
-
-        def attempt() -> bytes:
+    def _read_file(self, path: str) -> bytes:
+        async def attempt() -> bytes:
             try:
-                data: bytes = self._connection.call(self._remote.fs.download_file(sandbox_path))
-                return data
+                return bytes(await self._remote.fs.download_file(path))
             except Exception as error:
                 if isinstance(error, sdk().DaytonaFileNotFoundError) or (
                     is_not_found(error) and getattr(error, "source", None) == "DAYTONA_DAEMON"
                 ):
-                    raise FileNotFoundError(f"{sandbox_path} does not exist in sandbox {self.id}") from None
-                raise self._translate(error, f"download {sandbox_path}") from error
+                    raise FileNotFoundError(f"{path} does not exist in sandbox {self.id}") from None
+                raise self._translate(error, f"download {path}") from error
 
-        return call_with_retries(attempt, attempts=3)
+        return call(call_with_retries_async(attempt, attempts=3))
 
     # -- commands ---------------------------------------------------------------------------------------
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        timeout: float | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> int:
-        self._alive("run a command")
-        command = shell_command(argv, {**self._spec.env, **(env or {})}, cwd or self._workdir)
-        deadline, limit = self._deadline(timeout)
-        if deadline is not None and time.monotonic() >= deadline:
-            raise SandboxTimeoutError(f"{limit}; the command was not started.")
-        connection = self._connection
-        bridge = OutputBridge(connection.loop)
+    def _start(self, argv: list[str], env: dict[str, str], cwd: str) -> AsyncCommand:
         job = _Job(session_id=f"mfs-{uuid.uuid4().hex}")
-        future = connection.submit(self._execute(job, command, bridge))
-        future.add_done_callback(lambda _: bridge.finish())
-        lines = LineSplitter(on_output)
-        settled = False
-        try:
-            while True:
-                wait = TICK if deadline is None else min(TICK, deadline - time.monotonic())
-                item = bridge.get(wait)
-                if item is DONE:
-                    break
-                if isinstance(item, tuple):
-                    lines.feed(*item)
-                # Checked after output too: a command that never stops printing must still time out.
-                if self._destroyed:
-                    settled = True
-                    future.cancel()
-                    return KILLED
-                if deadline is not None and time.monotonic() >= deadline:
-                    self._kill(job, future)
-                    raise SandboxTimeoutError(f"{limit}; the command was killed.")
-            lines.flush()
-            settled = True
-            return future.result()
-        finally:
-            if not settled:  # on_output raised, a signal handler raised, or the time ran out
-                self._kill(job, future)
+        command = shell_command(argv, env, cwd)
 
-    def _deadline(self, timeout: float | None) -> tuple[float | None, str]:
-        deadlines = []
-        if timeout is not None:
-            deadlines.append(
-                (time.monotonic() + timeout, f"The command ran past its {timeout:g} s time limit")
-            )
-        if self._spec.timeout is not None:
-            deadlines.append(
-                (
-                    self._created + self._spec.timeout,
-                    f"Sandbox {self.id} reached its {self._spec.timeout:g} s lifetime",
-                )
-            )
-        if not deadlines:
-            return None, ""
-        return min(deadlines)
+        async def kill() -> None:
+            job.killed = True  # deleting its session kills the command's processes
+            await self._delete_session(job.session_id)
 
-    def _kill(self, job: _Job, future: concurrent.futures.Future[int]) -> None:
-        """Stop the command: deleting its session kills its processes; then stop waiting for it."""
-        if job.killed:
-            return
-        job.killed = True
-        try:
-            self._connection.call(self._delete_session(job.session_id), timeout=15)
-        except BaseException as error:
-            log.debug("Could not delete session %s of sandbox %s: %s", job.session_id, self.id, error)
-        future.cancel()
+        return AsyncCommand(lambda emit: self._execute(job, command, emit), kill=kill)
 
-    async def _execute(self, job: _Job, command: str, bridge: OutputBridge) -> int:
+    async def _execute(self, job: _Job, command: str, emit: Emit) -> int:
         """On the loop: start the command in its own session, stream its logs, return its exit code."""
         process = self._remote.process
         heartbeat: asyncio.Task[None] | None = None
         started = False
+
+        # The SDK decodes the stream as UTF-8 (invalid bytes become U+FFFD); encoding restores the bytes.
+        async def stdout(text: str) -> None:
+            await emit("stdout", text.encode("utf-8"))
+
+        async def stderr(text: str) -> None:
+            await emit("stderr", text.encode("utf-8"))
+
         try:
             await process.create_session(job.session_id)
             started = True
@@ -214,11 +129,9 @@ class DaytonaSandbox(Sandbox):
             if self._heartbeat is not None:
                 heartbeat = asyncio.ensure_future(self._keep_alive(self._heartbeat))
             try:
-                await process.get_session_command_logs_async(
-                    job.session_id, job.command_id, bridge.stdout, bridge.stderr
-                )
+                await process.get_session_command_logs_async(job.session_id, job.command_id, stdout, stderr)
             except Exception as error:
-                if not is_daytona_error(error) or self._destroyed or job.killed:
+                if not is_daytona_error(error) or self.destroyed or job.killed:
                     raise
                 # The command runs on (and keeps its own log files): wait for its exit without the stream.
                 log.warning(
@@ -229,7 +142,7 @@ class DaytonaSandbox(Sandbox):
                 )
             return await self._exit_code(job)
         except Exception as error:
-            if self._destroyed or job.killed:
+            if self.destroyed or job.killed:
                 return KILLED
             if is_daytona_error(error) and await self._gone():
                 self._lost = True
@@ -245,9 +158,7 @@ class DaytonaSandbox(Sandbox):
                 heartbeat.cancel()
             if started and not job.killed:
                 # The command has ended: its session only holds its logs now (deleted in the background).
-                cleanup = asyncio.ensure_future(self._delete_session(job.session_id))
-                _BACKGROUND.add(cleanup)
-                cleanup.add_done_callback(_BACKGROUND.discard)
+                spawn(self._delete_session(job.session_id))
 
     async def _exit_code(self, job: _Job) -> int:
         process = self._remote.process
@@ -273,16 +184,7 @@ class DaytonaSandbox(Sandbox):
             await self._remote.refresh_data()
         except Exception as error:
             return is_not_found(error)
-        state = str(getattr(self._remote.state, "value", self._remote.state) or "")
-        return state in (
-            "destroyed",
-            "destroying",
-            "error",
-            "build_failed",
-            "stopped",
-            "stopping",
-            "archived",
-        )
+        return str(getattr(self._remote.state, "value", self._remote.state) or "") in GONE_STATES
 
     async def _delete_session(self, session_id: str) -> None:
         try:
@@ -292,14 +194,10 @@ class DaytonaSandbox(Sandbox):
 
     # -- end --------------------------------------------------------------------------------------------
 
-    def destroy(self) -> None:
-        """Delete the sandbox (kills what runs in it). Idempotent; safe from another thread or a signal handler."""
-        with self._lock:
-            if self._destroyed:
-                return
-            self._destroyed = True
+    def _destroy(self) -> None:
+        """Delete the sandbox (kills what runs in it)."""
         try:
-            self._connection.call(self._delete(), timeout=60)
+            call(call_with_retries_async(self._delete, attempts=3), timeout=60)
         except Exception as error:
             log.warning(
                 "Could not delete Daytona sandbox %s (%s); it stops and deletes itself once idle, or remove it "
@@ -309,14 +207,8 @@ class DaytonaSandbox(Sandbox):
             )
 
     async def _delete(self) -> None:
-        for attempt in range(3):
-            try:
-                await self._remote.delete()
-                return
-            except Exception as error:
-                if is_not_found(error):
-                    return
-                retryable = self._translate(error, "delete the sandbox", control_plane=True).retryable
-                if not retryable or attempt == 2:
-                    raise
-                await asyncio.sleep(0.5 * 2**attempt)
+        try:
+            await self._remote.delete()
+        except Exception as error:
+            if not is_not_found(error):
+                raise self._translate(error, "delete the sandbox", control_plane=True) from error

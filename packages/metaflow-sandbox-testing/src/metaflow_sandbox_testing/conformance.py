@@ -12,6 +12,7 @@ Commands inside the sandbox use only `sh` and coreutils, so any image with a POS
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import resource
@@ -24,7 +25,18 @@ from typing import Any
 
 import pytest
 
-from metaflow_sandbox_core import Backend, Sandbox, SandboxError, SandboxSpec, SandboxTimeoutError
+from metaflow_sandbox_core import (
+    KILLED,
+    MAX_LINE_BYTES,
+    Backend,
+    Capabilities,
+    ConfigError,
+    CreateLimiter,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    SandboxTimeoutError,
+)
 
 #: Upper bound for commands that should finish quickly (keeps a broken backend from hanging the suite).
 COMMAND_TIMEOUT = 60.0
@@ -155,6 +167,21 @@ class BackendConformance:
         first_arrived = run.chunks[0][2]
         assert returned - first_arrived > 1.0, "the first line was only delivered when the command ended"
 
+    def test_newline_free_output_arrives_in_pieces_of_at_most_1_mib(self, sandbox: Sandbox) -> None:
+        size = 2 * MAX_LINE_BYTES + 100
+        pieces: list[int] = []
+        code = sandbox.run(
+            sh(f"head -c {size} /dev/zero | tr '\\000' x"),
+            timeout=COMMAND_TIMEOUT,
+            on_output=lambda stream, line: pieces.append(len(line)),
+        )
+        assert code == 0 and sum(pieces) == size
+        assert max(pieces) == MAX_LINE_BYTES, f"pieces of {sorted(set(pieces))} bytes"
+
+    def test_cwd_is_used(self, sandbox: Sandbox) -> None:
+        run = run_captured(sandbox, ["pwd"], cwd=sandbox.workdir)
+        assert run.code == 0 and run.output("stdout").decode().strip() == sandbox.workdir
+
     def test_large_output_is_streamed_without_growing_memory(self, sandbox: Sandbox) -> None:
         line = b"x" * 99 + b"\n"
         count = 50 * 1024 * 1024 // len(line)
@@ -228,7 +255,60 @@ class BackendConformance:
         assert canary.encode() not in output
         assert b"MFS_CANARY_SECRET" not in output
 
+    # -- arguments ----------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"argv": []},
+            {"argv": "echo hi"},
+            {"argv": ["echo", "nul\0byte"]},
+            {"argv": ["true"], "cwd": "relative"},
+            {"argv": ["true"], "timeout": 0},
+            {"argv": ["true"], "env": {"A=B": "x"}},
+            {"argv": ["true"], "env": {"A": "nul\0byte"}},
+        ],
+        ids=["empty-argv", "string-argv", "nul-argv", "relative-cwd", "zero-timeout", "env-name", "nul-env"],
+    )
+    def test_invalid_run_arguments_are_config_errors(self, sandbox: Sandbox, bad: dict[str, Any]) -> None:
+        with pytest.raises(ConfigError):
+            sandbox.run(**bad)
+        assert sandbox.run(["true"], timeout=COMMAND_TIMEOUT) == 0, "the sandbox is not usable afterwards"
+
+    def test_exception_in_on_output_stops_the_command_and_propagates(self, sandbox: Sandbox) -> None:
+        class CallbackFailed(Exception):
+            pass
+
+        def explode(stream: str, line: bytes) -> None:
+            raise CallbackFailed
+
+        started = time.monotonic()
+        with pytest.raises(CallbackFailed):
+            sandbox.run(sh("echo hi; sleep 30"), timeout=COMMAND_TIMEOUT, on_output=explode)
+        assert time.monotonic() - started < 15
+        assert sandbox.run(["true"], timeout=COMMAND_TIMEOUT) == 0, "the sandbox is not usable afterwards"
+
     # -- lifetime -----------------------------------------------------------------------------------
+
+    def test_timeout_fires_while_output_keeps_flowing(self, sandbox: Sandbox) -> None:
+        lines: list[bytes] = []
+        started = time.monotonic()
+        with pytest.raises(SandboxTimeoutError, match="timeout"):
+            sandbox.run(
+                sh("while :; do echo tick; sleep 0.01; done"),
+                timeout=1,
+                on_output=lambda stream, line: lines.append(line),
+            )
+        assert time.monotonic() - started < 6 and len(lines) > 5
+
+    def test_lifetime_bounds_every_command(self, create_sandbox: Callable[..., Sandbox]) -> None:
+        sandbox = create_sandbox(timeout=2)
+        started = time.monotonic()
+        with pytest.raises(SandboxTimeoutError, match="lifetime"):
+            sandbox.run(sh("sleep 30"), timeout=COMMAND_TIMEOUT)
+        assert time.monotonic() - started < 7
+        with pytest.raises(SandboxTimeoutError, match="not started"):
+            sandbox.run(["true"])
 
     def test_timeout_raises_sandbox_timeout_error(self, sandbox: Sandbox) -> None:
         started = time.monotonic()
@@ -263,10 +343,77 @@ class BackendConformance:
         assert outcome and isinstance(outcome[0], (int, SandboxError)), f"run() ended with {outcome!r}"
         sandbox.destroy()  # idempotent
 
+    def test_destroy_from_on_output_returns_137(self, sandbox: Sandbox) -> None:
+        code = sandbox.run(
+            sh("echo go; sleep 30"), timeout=COMMAND_TIMEOUT, on_output=lambda stream, line: sandbox.destroy()
+        )
+        assert code == KILLED
+
+    def test_destroy_ends_concurrent_commands(self, sandbox: Sandbox) -> None:
+        started = threading.Semaphore(0)
+        outcomes: list[object] = []
+
+        def run_long_command() -> None:
+            try:
+                outcomes.append(
+                    sandbox.run(
+                        sh("echo started; sleep 60"),
+                        timeout=COMMAND_TIMEOUT + 30,
+                        on_output=lambda stream, line: started.release(),
+                    )
+                )
+            except BaseException as error:
+                outcomes.append(error)
+
+        runners = [threading.Thread(target=run_long_command, daemon=True) for _ in range(3)]
+        for runner in runners:
+            runner.start()
+        for _ in runners:
+            assert started.acquire(timeout=COMMAND_TIMEOUT), "a command never printed its first line"
+        sandbox.destroy()
+        for runner in runners:
+            runner.join(5)
+        assert not any(runner.is_alive() for runner in runners), "run() was still blocked 5 s after destroy()"
+        assert len(outcomes) == 3 and all(isinstance(o, (int, SandboxError)) for o in outcomes), outcomes
+        assert all(o == KILLED for o in outcomes if isinstance(o, int)), outcomes
+
+    def test_destroyed_sandbox_refuses_work(self, sandbox: Sandbox) -> None:
+        path = f"{sandbox.workdir}/kept.txt"
+        sandbox.upload(b"x", path)
+        sandbox.destroy()
+        with pytest.raises(SandboxError, match="destroyed"):
+            sandbox.run(["true"], timeout=COMMAND_TIMEOUT)
+        with pytest.raises(SandboxError, match="destroyed"):
+            sandbox.upload(b"x", path)
+        with pytest.raises(SandboxError, match="destroyed"):
+            sandbox.download(path)
+
     def test_destroy_is_idempotent(self, backend: Backend, sandbox: Sandbox) -> None:
         sandbox.destroy()
         sandbox.destroy()
         backend.destroy(sandbox.id)
+
+    # -- the backend --------------------------------------------------------------------------------
+
+    def test_create_goes_through_the_create_limiter(
+        self, backend: Backend, make_spec: Callable[..., SandboxSpec], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`Backend.create` waits for the limiter built from the declared limits (a backend implements
+        `_create`; if it overrides `create`, it must still call the base class)."""
+        assert isinstance(backend.capabilities, Capabilities)
+        held: list[float] = []
+        limiter = backend.create_limiter()
+
+        class Spy(CreateLimiter):
+            @contextlib.contextmanager
+            def hold(self) -> Iterator[float]:
+                with limiter.hold() as waited:
+                    held.append(waited)
+                    yield waited
+
+        monkeypatch.setattr(backend, "create_limiter", lambda: Spy(limiter.state_dir))
+        backend.create(make_spec()).destroy()
+        assert len(held) == 1
 
     def test_findable_by_label(self, backend: Backend, create_sandbox: Callable[..., Sandbox]) -> None:
         value = uuid.uuid4().hex

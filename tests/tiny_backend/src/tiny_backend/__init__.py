@@ -7,7 +7,7 @@ class TinyBackend(Backend):
     name = "tiny"
     capabilities = Capabilities(isolation=Isolation.CONTAINER, local=False, can_mount=False)
 
-    def create(self, spec):
+    def _create(self, spec):
         raise UnavailableError("tiny backend never creates sandboxes", retryable=False)
 
     def list(self, labels=None):
