@@ -12,13 +12,13 @@ backend with `METAFLOW_SANDBOX_<NAME>_CREATES_PER_MINUTE` and `METAFLOW_SANDBOX_
 - Concurrency: creations in progress hold one of `concurrent` slot files (`create-slot-<i>.lock`) under
   `flock`; the kernel frees a slot when its holder exits, however it exits.
 
-When the state directory cannot be used, the limits hold for this process only (with one warning).
+When the state directory cannot be used (or the platform has no `flock`), the limits hold for this process
+only (with one warning).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -155,7 +155,7 @@ class CreateLimiter:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "r+", encoding="utf-8") as file:
-            fcntl.flock(file, fcntl.LOCK_EX)  # released when the file is closed
+            _flock(file.fileno(), blocking=True)  # released when the file is closed
             state: dict[str, float] = {}
             with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
                 loaded = json.loads(file.read() or "{}")
@@ -208,9 +208,7 @@ class CreateLimiter:
             path = os.path.join(self.state_dir, self.SLOT_FILE.format(index))
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                fcntl.flock(
-                    fd, fcntl.LOCK_EX | fcntl.LOCK_NB
-                )  # per open file: threads exclude each other too
+                _flock(fd, blocking=False)  # per open file: threads of one process exclude each other too
             except BlockingIOError:
                 os.close(fd)
                 continue
@@ -222,3 +220,13 @@ class CreateLimiter:
 
     def _fall_back(self, error: OSError) -> None:
         log.warning("Create limiter: cannot use %s (%s); limiting this process only.", self.state_dir, error)
+
+
+def _flock(fd: int, *, blocking: bool) -> None:
+    """An exclusive `flock` on `fd`; `BlockingIOError` when not `blocking` and it is held elsewhere, `OSError`
+    where the platform has none."""
+    try:
+        import fcntl
+    except ImportError as error:
+        raise OSError(f"no flock on this platform ({error})") from None
+    fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
