@@ -213,3 +213,38 @@ def test_a_missing_object_exits_202_with_one_line_naming_it(tmp_path):
     assert "could not fetch the code package from http://127.0.0.1" in lines[0]
     assert "/bucket/pkg.tgz: HTTP 404 (the object is missing from the datastore" in lines[0]
     assert "secret" not in lines[0]
+
+
+def _bootstrap_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bootstrap_under_test", bootstrap_path())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extracts_with_tar_and_falls_back_to_tarfile(tmp_path, monkeypatch):
+    bootstrap = _bootstrap_module()
+    src = tmp_path / "src" / "pkg"
+    src.mkdir(parents=True)
+    (src / "mod.py").write_text("VALUE = 1\n")
+    with tarfile.open(tmp_path / "pkg.tgz", "w:gz") as tar:
+        tar.add(src, arcname="pkg")
+    bootstrap._extract_package(str(tmp_path / "pkg.tgz"), str(tmp_path / "with-tar"))
+    assert (tmp_path / "with-tar" / "pkg" / "mod.py").read_text() == "VALUE = 1\n"
+
+    # An image whose tar fails (or is missing) still gets the package, through tarfile.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tar").write_text("#!/bin/sh\necho partial > \"$7/leftover\"\nexit 2\n")
+    (fake / "tar").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    bootstrap._extract_package(str(tmp_path / "pkg.tgz"), str(tmp_path / "fallback"))
+    assert sorted(p.name for p in (tmp_path / "fallback").iterdir()) == [
+        ".metaflow-sandbox-extracted",
+        "pkg",
+    ]
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    bootstrap._extract_package(str(tmp_path / "pkg.tgz"), str(tmp_path / "no-tar"))
+    assert (tmp_path / "no-tar" / "pkg" / "mod.py").exists()

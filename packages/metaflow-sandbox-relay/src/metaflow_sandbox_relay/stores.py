@@ -89,6 +89,10 @@ class LocalDatastore:
                 os.unlink(temporary)
 
 
+#: Up to this size a relayed object is stored with one PUT; larger ones go through boto3's multipart transfer.
+SINGLE_PUT_BYTES = 8 << 20
+
+
 class S3Datastore:
     """An s3:// datastore root, with the launcher's own client."""
 
@@ -142,7 +146,11 @@ class S3Datastore:
         if self.exists(rel):
             return False
         extra = {"Metadata": {S3_USER_METADATA: json.dumps(meta)}} if meta is not None else {}
-        self.client.upload_file(source, self.bucket, self.key(rel), ExtraArgs=extra)
+        if os.path.getsize(source) <= SINGLE_PUT_BYTES:  # most artifacts: one request, no transfer manager
+            with open(source, "rb") as body:
+                self.client.put_object(Bucket=self.bucket, Key=self.key(rel), Body=body, **extra)
+        else:
+            self.client.upload_file(source, self.bucket, self.key(rel), ExtraArgs=extra)
         return True
 
 

@@ -207,7 +207,7 @@ class S3Channel(Channel):
         from .s3_access import S3Access, S3Location
 
         launch = self.launch
-        self.s3 = S3Access(launch.datastore_root, launch.s3_endpoint_url, launch.s3_region)
+        self.s3 = S3Access.shared(launch.datastore_root, launch.s3_endpoint_url, launch.s3_region)
         unique = uuid.uuid4().hex
         self.staging_root = self.s3.root.child(".sandbox-staging", unique)
         self.staged_datastore = self.staging_root.child("datastore")

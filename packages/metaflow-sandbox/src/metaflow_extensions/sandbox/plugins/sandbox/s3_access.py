@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -15,6 +17,9 @@ from metaflow_sandbox_core import ConfigError, UnavailableError
 #: own keys (explicit choice, warned about), or none at all.
 CREDENTIAL_MODES = ("sts", "forward", "none")
 URL_LIFETIME = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+#: How long the sandbox host reuses an S3 client (a new boto3 session costs ~0.1 s per task); after that a
+#: new one re-reads the credential chain (e.g. a rotated ~/.aws/credentials).
+CLIENT_REUSE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,9 @@ class S3Location:
 class S3Access:
     """The launcher's S3 client for one datastore root, with errors that name the fix."""
 
+    _shared: dict[tuple[str, str | None, str | None], tuple[float, S3Access]] = {}
+    _shared_lock = threading.Lock()
+
     def __init__(self, root: str, endpoint_url: str | None = None, region: str | None = None):
         import boto3
 
@@ -49,6 +57,20 @@ class S3Access:
         self.endpoint_url = endpoint_url or None
         self.session = boto3.session.Session(region_name=region or None)
         self.client: Any = self.session.client("s3", endpoint_url=self.endpoint_url)
+        self._sts: dict[str | None, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, root: str, endpoint_url: str | None = None, region: str | None = None) -> S3Access:
+        """An instance for this root, endpoint and region reused across the tasks of this process for up to
+        `CLIENT_REUSE_SECONDS` (boto3 clients are thread-safe). Nothing about the store's contents is cached."""
+        key = (root, endpoint_url or None, region or None)
+        with cls._shared_lock:
+            made, access = cls._shared.get(key, (0.0, None))
+            if access is None or time.monotonic() - made > CLIENT_REUSE_SECONDS:
+                access = cls(root, endpoint_url, region)
+                cls._shared[key] = (time.monotonic(), access)
+            return access
 
     @property
     def where(self) -> str:
@@ -137,7 +159,8 @@ class S3Access:
         if mode == "none":
             return {}
         if mode == "forward":
-            frozen = self.session.get_credentials()
+            with self._lock:
+                frozen = self.session.get_credentials()
             if frozen is None:
                 raise ConfigError(
                     "METAFLOW_SANDBOX_S3_CREDENTIALS=forward, but the launcher has no AWS credentials."
@@ -162,7 +185,10 @@ class S3Access:
 
         sts_endpoint = os.environ.get("METAFLOW_SANDBOX_STS_ENDPOINT_URL") or self.endpoint_url
         role = os.environ.get("METAFLOW_SANDBOX_S3_ROLE_ARN")
-        sts = self.session.client("sts", endpoint_url=sts_endpoint)
+        with self._lock:  # a boto3 session is not thread-safe; its clients are
+            sts = self._sts.get(sts_endpoint)
+            if sts is None:
+                sts = self._sts[sts_endpoint] = self.session.client("sts", endpoint_url=sts_endpoint)
         try:
             if role:
                 answer = sts.assume_role(
