@@ -13,6 +13,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -48,6 +49,10 @@ if TYPE_CHECKING:
 
 SANDBOX_SUBDIR = "metaflow-sandbox"  # below the sandbox's workdir: bootstrap, plan, package, logs, metadata
 MAX_METADATA_ARCHIVE = 64 << 20
+#: One publisher per archive and store in this process: the sandbox host starts many tasks of a run at once, and
+#: concurrent uploads of one key are wasted work (and some S3-compatible servers fail them).
+_PUBLISHING: dict[str, threading.Lock] = {}
+_PUBLISHING_LOCK = threading.Lock()
 PACKAGES_PREFIX = ".sandbox-packages"  # below the datastore root: compiled code packages, client bundles
 
 
@@ -254,8 +259,12 @@ class S3Channel(Channel):
         local note.
         """
         location = self.s3.root.child(PACKAGES_PREFIX, os.path.basename(archive))
-        if not self.s3.exists(location):
-            self.s3.upload(archive, location)
+        key = f"{self.s3.endpoint_url}|{location.url}"
+        with _PUBLISHING_LOCK:
+            lock = _PUBLISHING.setdefault(key, threading.Lock())
+        with lock:
+            if not self.s3.exists(location):
+                self.s3.upload(archive, location)
         return location
 
     def libraries(self, base: str | None = None) -> list[dict]:

@@ -130,8 +130,8 @@ class TaskExecutor:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            if code != 0 and self._group is not None and self.warm_pool is not None:
-                self.warm_pool.drop(self._group)  # the run may stop here: no sandbox ahead is wanted
+            if code != 0 and self.warm_pool is not None:
+                self.warm_pool.drop(self._group_prefix())  # the run may stop here: none ahead is wanted
 
     def _attempt(self) -> int:
         channel: Channel | None = None
@@ -231,8 +231,13 @@ class TaskExecutor:
         if self.warm_pool is None or launch.foreach_size < 2 or spec.mounts or len(launch.parents) != 1:
             return None
         shared = dataclasses.asdict(dataclasses.replace(spec, labels={}))
-        fields = [backend.name, launch.flow, launch.run_id, launch.step, launch.parents[0], shared]
-        return json.dumps(fields, sort_keys=True, default=str)
+        return self._group_prefix() + json.dumps([backend.name, shared], sort_keys=True, default=str)
+
+    def _group_prefix(self) -> str:
+        """What every warm-pool group of this task's foreach starts with (a failure drops them all, even one
+        before the task knew its spec)."""
+        launch = self.launch
+        return json.dumps([launch.flow, launch.run_id, launch.step, launch.parents]) + "|"
 
     def _prepare_ahead(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> Sandbox:
         """A sandbox for a later task of this group: created, with the code package and libraries ready.

@@ -134,7 +134,15 @@ class S3Access:
         return True
 
     def upload(self, path: str, location: S3Location) -> None:
-        self.client.upload_file(path, location.bucket, location.key)
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.upload_file(path, location.bucket, location.key)
+        except (S3UploadFailedError, ClientError, BotoCoreError) as error:
+            raise UnavailableError(
+                f"Could not store {location.url} in {self.where}: {error}", retryable=False
+            )
 
     def download(self, location: S3Location, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)

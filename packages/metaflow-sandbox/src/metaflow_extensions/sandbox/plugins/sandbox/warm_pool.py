@@ -85,15 +85,16 @@ class WarmPool:
             self._log(f"could not prepare a sandbox ahead: {error}")
             future.set_exception(error)
 
-    def drop(self, key: str) -> None:
-        """Destroy the group's warm sandboxes and make no more (one of its tasks failed or was interrupted:
-        the run may stop there)."""
+    def drop(self, prefix: str) -> None:
+        """Destroy the warm sandboxes of the groups whose key starts with `prefix` and make no more for them
+        (one of their tasks failed or was interrupted: the run may stop there)."""
+        entries: list[tuple[float, Future[Sandbox]]] = []
         with self._lock:
-            group = self._groups.get(key)
-            if group is None:
-                return
-            group.stopped = True
-            entries, group.ready = group.ready, []
+            for key, group in self._groups.items():
+                if key.startswith(prefix):
+                    group.stopped = True
+                    entries += group.ready
+                    group.ready = []
         _destroy_all(entries)
 
     def expire(self) -> None:
