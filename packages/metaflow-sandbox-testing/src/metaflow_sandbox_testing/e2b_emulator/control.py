@@ -135,8 +135,9 @@ async def set_timeout(request: web.Request) -> web.Response:
     sandbox = registry.get(request.match_info["id"])
     seconds = _seconds(await json_body(request), "timeout")
     registry.stats["timeout_updates"] += 1
-    if registry.faults.refuse_timeout_updates > 0:
-        registry.faults.refuse_timeout_updates -= 1
+    if sandbox.lifetime_frozen or registry.faults.refuse_timeout_updates > 0:
+        if not sandbox.lifetime_frozen:
+            registry.faults.refuse_timeout_updates -= 1
         registry.stats["timeout_updates_refused_by_fault"] += 1
         raise ApiError(500, "emulated failure to update the sandbox timeout")
     sandbox.set_timeout(seconds)

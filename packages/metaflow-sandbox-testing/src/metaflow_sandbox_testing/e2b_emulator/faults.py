@@ -32,6 +32,9 @@ class Faults:
     drop_stream_after_lines: int | None = None
     #: The next N `POST /sandboxes/{id}/timeout` fail with 500: the sandbox keeps its old `endAt`.
     refuse_timeout_updates: int = 0
+    #: A sandbox whose command prints this text refuses every later timeout update (500), so it ends at its
+    #: current `endAt`: a lifetime that runs out mid-step, on E2B's own clock. None: off.
+    freeze_lifetime_marker: str | None = None
 
     def update(self, changes: Mapping[str, Any]) -> Faults:
         """Apply `changes` (`"reset": true` first restores the defaults); `ValueError` if invalid (nothing
@@ -58,9 +61,9 @@ class Faults:
 
 
 def _check(name: str, value: Any) -> None:
-    if name == "kill_marker":
+    if name in ("kill_marker", "freeze_lifetime_marker"):
         if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"kill_marker={value!r} must be a non-empty string (or None)")
+            raise ValueError(f"{name}={value!r} must be a non-empty string (or None)")
         return
     optional = name in ("retry_after", "drop_stream_after_lines")
     if value is None and optional:

@@ -73,6 +73,7 @@ class EmulatedSandbox:
         self.processes: dict[int, Command] = {}
         self._tails: dict[tuple[str, int], bytes] = {}
         self._expiry: asyncio.TimerHandle | None = None
+        self.lifetime_frozen = False  # fault `freeze_lifetime_marker`: timeout updates are refused
         self.set_timeout(int(body.get("timeout") or DEFAULT_TIMEOUT))
 
     # -- lifetime -------------------------------------------------------------------------------------
@@ -144,9 +145,16 @@ class EmulatedSandbox:
         return command
 
     def _watch_output(self, command: Command, stream: int, data: bytes) -> None:
-        """Fault `kill_on_marker`: the sandbox dies as soon as one of its commands prints the marker."""
+        """Faults `kill_on_marker` (the sandbox dies) and `freeze_lifetime_marker` (its lifetime can no longer
+        be extended) fire when one of its commands prints their marker."""
         faults = self.registry.faults
-        if faults.kill_on_marker <= 0 or not faults.kill_marker or self.state != "running":
+        if self.state != "running":
+            return
+        if faults.freeze_lifetime_marker and not self.lifetime_frozen:
+            key = (command.id, -stream)
+            marker = faults.freeze_lifetime_marker.encode()
+            self.lifetime_frozen, self._tails[key] = find_marker(self._tails.get(key, b""), data, marker)
+        if faults.kill_on_marker <= 0 or not faults.kill_marker:
             return
         key = (command.id, stream)
         found, self._tails[key] = find_marker(self._tails.get(key, b""), data, faults.kill_marker.encode())
