@@ -27,13 +27,14 @@ def _attempt(project: Project) -> int:
 
 
 def test_create_503_is_retried_with_backoff(e2b_project):
+    """Four 503s: the SDK's own three retries use them up, then the launcher's backoff tries again."""
     project, emulator = e2b_project
     before = emulator.stats()["creates_failed_by_fault"]
-    emulator.faults(fail_creates=1, fail_status=503)
+    emulator.faults(fail_creates=4, fail_status=503, retry_after=0)
     result = project.run("fault_flow.py", "run")
     assert "retrying in" in result.stdout + result.stderr
     assert _attempt(project) == 0  # an infrastructure retry, not a user-code retry
-    assert emulator.stats()["creates_failed_by_fault"] == before + 1
+    assert emulator.stats()["creates_failed_by_fault"] == before + 4
 
 
 def test_sandbox_killed_mid_step_is_rerun_by_retry(e2b_project):
