@@ -14,7 +14,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def e2b_project(project: Project):
     if project.e2b is None:
-        pytest.fail("run this module with MFS_TEST_BACKEND=e2b MFS_TEST_DATASTORE=s3 (nox -s integration does)")
+        pytest.fail(
+            "run this module with MFS_TEST_BACKEND=e2b MFS_TEST_DATASTORE=s3 (nox -s integration does)"
+        )
     emulator = project.e2b
     emulator.reset_faults()  # type: ignore[attr-defined]
     yield project, emulator
@@ -53,7 +55,7 @@ def test_dropped_stream_keeps_result_and_complete_logs(e2b_project):
     project, emulator = e2b_project
     dropped = emulator.stats()["streams_dropped_by_fault"]
     emulator.faults(drop_stream_after_lines=2)
-    result = project.run("fault_flow.py", "run", "--lines", "20")
+    project.run("fault_flow.py", "run", "--lines", "20")
     assert _attempt(project) == 0
     assert emulator.stats()["streams_dropped_by_fault"] > dropped
     run_id, task_id = project.query(  # type: ignore[misc]

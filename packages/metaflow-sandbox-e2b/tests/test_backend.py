@@ -148,7 +148,9 @@ def test_a_slow_create_waits_for_e2b(backend, emulator):
 def test_argv_is_never_resplit_by_a_shell(create):
     sandbox = create()
     tricky = ["a b", "$HOME", "'quoted'", '"double"', "semi;colon", "*", "", "new\nline"]
-    code, seen = lines_of(sandbox, ["python3", "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *tricky])
+    code, seen = lines_of(
+        sandbox, ["python3", "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *tricky]
+    )
     assert code == 0
     import json
 
@@ -216,7 +218,9 @@ def test_list_and_destroy_work_from_another_process(create, emulator):
         "b.destroy('does-not-exist')\n"
         "print(','.join(found))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == sandbox.id
     assert [s for s in emulator.live_sandboxes() if s["sandboxID"] == sandbox.id] == []
     with pytest.raises(SandboxError):

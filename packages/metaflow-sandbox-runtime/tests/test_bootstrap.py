@@ -237,7 +237,7 @@ def test_extracts_with_tar_and_falls_back_to_tarfile(tmp_path, monkeypatch):
     # An image whose tar fails (or is missing) still gets the package, through tarfile.
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "tar").write_text("#!/bin/sh\necho partial > \"$7/leftover\"\nexit 2\n")
+    (fake / "tar").write_text('#!/bin/sh\necho partial > "$7/leftover"\nexit 2\n')
     (fake / "tar").chmod(0o755)
     monkeypatch.setenv("PATH", str(fake))
     bootstrap._extract_package(str(tmp_path / "pkg.tgz"), str(tmp_path / "fallback"))

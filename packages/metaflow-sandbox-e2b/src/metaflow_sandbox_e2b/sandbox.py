@@ -62,7 +62,9 @@ class E2BSandbox(Sandbox):
 
     def _check_alive(self, doing: str) -> None:
         if self._lost:
-            raise SandboxError(f"E2B sandbox {self.id} no longer exists ({self._why_gone()}); cannot {doing}.")
+            raise SandboxError(
+                f"E2B sandbox {self.id} no longer exists ({self._why_gone()}); cannot {doing}."
+            )
 
     # -- lifetime ---------------------------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ async def read_envelope(request: web.Request) -> bytes:
     if request.content_type.startswith(STREAM_TYPE):
         if len(body) < 5:
             raise RpcError("invalid_argument", "missing request envelope")
-        flags, length = struct.unpack(">BI", body[:5])
+        _flags, length = struct.unpack(">BI", body[:5])
         return body[5 : 5 + length]
     return body
 

@@ -1,10 +1,10 @@
 """`E2BEmulator`: the E2B emulator as a child process, driven from tests (standard library only).
 
-    with E2BEmulator(python="/path/to/clean/venv/bin/python") as e2b:
-        os.environ.update(e2b.env())          # E2B_API_KEY, E2B_API_URL, E2B_SANDBOX_URL
-        e2b.faults(fail_creates=1, fail_status=503)
-        ...
-        assert e2b.live_sandboxes() == []
+with E2BEmulator(python="/path/to/clean/venv/bin/python") as e2b:
+    os.environ.update(e2b.env())          # E2B_API_KEY, E2B_API_URL, E2B_SANDBOX_URL
+    e2b.faults(fail_creates=1, fail_status=503)
+    ...
+    assert e2b.live_sandboxes() == []
 """
 
 from __future__ import annotations

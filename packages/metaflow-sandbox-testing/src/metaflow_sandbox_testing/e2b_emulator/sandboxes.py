@@ -43,7 +43,11 @@ class ApiError(Exception):
 
 
 def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(timestamp, timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 class EmulatedSandbox:
@@ -160,7 +164,9 @@ class EmulatedSandbox:
         found, self._tails[key] = find_marker(self._tails.get(key, b""), data, faults.kill_marker.encode())
         if found:
             faults.kill_on_marker -= 1
-            asyncio.get_running_loop().call_later(MARKER_KILL_DELAY, self.registry.end, self, "killed by fault")
+            asyncio.get_running_loop().call_later(
+                MARKER_KILL_DELAY, self.registry.end, self, "killed by fault"
+            )
 
     def stop(self) -> None:
         self.state = "killed"
@@ -209,7 +215,9 @@ class Registry:
         if self.sandboxes.pop(sandbox.id, None) is None:
             return
         sandbox.ended_by = why
-        key = {"kill": "sandboxes_killed", "timeout": "sandboxes_expired"}.get(why, "sandboxes_killed_by_fault")
+        key = {"kill": "sandboxes_killed", "timeout": "sandboxes_expired"}.get(
+            why, "sandboxes_killed_by_fault"
+        )
         self.stats[key] += 1
         running = sandbox.session.running
         sandbox.stop()
