@@ -107,7 +107,7 @@ class EmulatorProcess:
         if process.stdout is not None:
             process.stdout.close()
 
-    def __enter__(self):  # type: ignore[no-untyped-def] - returns the subclass
+    def __enter__(self) -> EmulatorProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

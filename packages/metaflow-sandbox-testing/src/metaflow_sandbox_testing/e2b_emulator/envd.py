@@ -114,7 +114,7 @@ def end_of_stream(error: RpcError | None = None) -> bytes:
 
 
 def event(kind: str, value: Any, response: type = pb.StartResponse) -> Any:
-    return response(event=Event(event=Oneof(kind, value)))
+    return response(event=Event(event=Oneof(kind, value)))  # type: ignore[arg-type]
 
 
 def end_event(command: Command) -> Any:
@@ -189,7 +189,8 @@ async def _stream(
                 data = cut_after_lines(data, limit - sent)
                 sent += data.count(b"\n")
             if data:
-                output = Event.DataEvent(output=Oneof("stdout" if stream == STDOUT else "stderr", data))
+                name = "stdout" if stream == STDOUT else "stderr"
+                output = Event.DataEvent(output=Oneof(name, data))  # type: ignore[arg-type]
                 await send(envelope(event("data", output, kind)))
             if limit is not None and sent >= limit:
                 registry.stats["streams_dropped_by_fault"] += 1
@@ -258,7 +259,7 @@ async def upload(request: web.Request) -> web.Response:
         written.append(_entry(path))
     else:
         reader = await request.multipart()
-        async for part in reader:
+        while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader) or part.name != "file":
                 continue
             path = request.query.get("path") or part.filename or ""
