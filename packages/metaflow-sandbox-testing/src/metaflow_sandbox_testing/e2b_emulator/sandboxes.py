@@ -1,9 +1,10 @@
 """Emulated E2B sandboxes: records, lifetimes (`endAt`), and processes run as the sandbox's user would see them.
 
-A sandbox is a private host directory `<root>/<id>/`: `home/` is what its commands see as `/home/user` (each
-command runs under `bwrap`, which binds it there over an empty `/home`; the rest of the host stays visible, as
-the emulator isolates nothing else), `python/` is its own environment over the image (`daytona_emulator.image`)
-and `logs/` holds command output. A command's environment is only what envd would give: PATH, HOME, USER,
+A sandbox is a private host directory `<root>/<id>/`: `home/` and `tmp/` are what its commands see as
+`/home/user` and `/tmp` (each command runs under `bwrap`, which binds them there over an empty `/home` and the
+host's `/tmp`; the image's directories under the host's `/tmp` are bound back read-only; the rest of the host
+stays visible, as the emulator isolates nothing else), `python/` is its own environment over the image
+(`daytona_emulator.image`) and `logs/` holds command output. A command's environment is only what envd would give: PATH, HOME, USER,
 LANG, the sandbox's `envVars` and the command's own `envs`.
 """
 
@@ -67,6 +68,8 @@ class EmulatedSandbox:
         self.root = os.path.join(registry.root, self.id)
         self.home = os.path.join(self.root, "home")
         os.makedirs(self.home, mode=0o700)
+        self.tmp = os.path.join(self.root, "tmp")
+        os.makedirs(self.tmp, mode=0o700)
         self.bin_dir: str | None = None
         if registry.image is not None:
             self.bin_dir = registry.image.install(os.path.join(self.root, "python"))
@@ -123,18 +126,32 @@ class EmulatedSandbox:
         return {"PATH": SYSTEM_PATH, "HOME": HOME, "USER": USER, "LANG": "C.UTF-8", **self.env_vars, **envs}
 
     def host_path(self, path: str) -> str:
-        """Where a sandbox path lives on the host: `/home/user/...` (or a relative path) in the sandbox's home.
-        Elsewhere the sandbox's user may not write (403)."""
+        """Where a sandbox path lives on the host: `/home/user/...` (or a relative path) in the sandbox's home,
+        `/tmp/...` in its private tmp. Elsewhere the sandbox's user may not write (403)."""
         if not path or "\0" in path:
             raise ApiError(400, f"invalid path {path!r}")
         full = os.path.normpath(path if path.startswith("/") else os.path.join(HOME, path))
-        if full != HOME and not full.startswith(HOME + "/"):
-            raise ApiError(403, f"permission denied: {path} is outside {HOME}, the user's home")
-        resolved = os.path.realpath(self.home + full[len(HOME) :])
-        home = os.path.realpath(self.home)
-        if resolved != home and not resolved.startswith(home + os.sep):
-            raise ApiError(403, f"permission denied: {path} leads outside {HOME}")
-        return resolved
+        for inside, host in ((HOME, self.home), ("/tmp", self.tmp)):
+            if full == inside or full.startswith(inside + "/"):
+                resolved = os.path.realpath(host + full[len(inside) :])
+                top = os.path.realpath(host)
+                if resolved != top and not resolved.startswith(top + os.sep):
+                    raise ApiError(403, f"permission denied: {path} leads outside {inside}")
+                return resolved
+        raise ApiError(403, f"permission denied: {path} is outside {HOME} and /tmp")
+
+    def _bwrap(self) -> list[str]:
+        """The sandbox's view: its own /home/user and /tmp; the image's directories under /tmp bound back."""
+        argv = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/home", "--bind", self.home, HOME]
+        argv += ["--bind", self.tmp, "/tmp"]
+        image = self.registry.image
+        keep = [os.path.join(self.root, "python")]
+        if image is not None:
+            keep += [os.path.dirname(image.executable), *image.site_dirs]
+        for path in sorted({os.path.realpath(p) for p in keep}):
+            if path == "/tmp" or path.startswith("/tmp/"):
+                argv += ["--ro-bind", path, path]
+        return argv
 
     async def start(self, cmd: str, args: list[str], envs: Mapping[str, str], cwd: str | None) -> Command:
         workdir = cwd or HOME
@@ -142,8 +159,8 @@ class EmulatedSandbox:
             raise ApiError(400, f"cwd {workdir!r}: no such directory")
         command = self.session.new_command(" ".join([cmd, *args]))
         command.on_output = self._watch_output
-        bwrap = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/home", "--bind", self.home, HOME]
-        await command.start([*bwrap, "--chdir", workdir, "--", cmd, *args], self.environment(envs), self.home)
+        argv = [*self._bwrap(), "--chdir", workdir, "--", cmd, *args]
+        await command.start(argv, self.environment(envs), self.home)
         assert command.process is not None
         self.processes[command.process.pid] = command
         return command
