@@ -116,8 +116,12 @@ class Project:
     def run(self, flow_file: str, *args: str, check: bool = True, timeout: float = 600, **env: str):
         if not (self.root / flow_file).exists():
             self.flow(flow_file)
+        return self.run_argv(self.command(flow_file, *args), check=check, timeout=timeout, **env)
+
+    def run_argv(self, argv: list[str], check: bool = True, timeout: float = 600, **env: str):
+        """Run `argv` in the project in its own session (killed whole on timeout); its output as text."""
         proc = subprocess.Popen(
-            self.command(flow_file, *args),
+            argv,
             cwd=self.root,
             env={**self.env, **env},
             stdout=subprocess.PIPE,

@@ -4,6 +4,7 @@ and the in-process launcher stays available."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -56,6 +57,32 @@ def test_sigkill_of_a_run_leaves_no_sandbox_within_5_seconds(project: Project):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_sandboxes_of_the_next_splits_are_prepared_ahead_and_none_is_left(project: Project):
+    """One worker, four splits: while a split runs, the host prepares the next one's sandbox (remote backends;
+    a mounting backend's sandbox depends on its task's own files, so it makes none ahead). Every sandbox
+    serves one task, and none is left after the run."""
+    result = project.run("foreach_flow.py", "run", "--max-workers", "1", "--width", "4")
+    output = result.stdout + result.stderr
+    running = re.findall(r"Running in \w+ sandbox (\S+)( \(prepared ahead\))?", output)
+    assert len(running) == 4 and len({sandbox for sandbox, _ in running}) == 4, output
+    ahead = sum(1 for _, flag in running if flag)
+    assert ahead == (3 if project.daytona is not None else 0), output
+    assert project.live_sandboxes() == []
+    assert "total 14" in output
+
+
+def test_a_failing_split_leaves_no_sandbox_prepared_for_the_rest(project: Project):
+    """The run stops at a failed split; what was prepared for later splits is destroyed with it."""
+    result = project.run(
+        "foreach_flow.py", "run", "--max-workers", "1", "--width", "4", "--fail-at", "1", check=False
+    )
+    assert result.returncode != 0 and "failing split 1 on purpose" in result.stdout + result.stderr
+    deadline = time.monotonic() + 5
+    while project.live_sandboxes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert project.live_sandboxes() == []
 
 
 def test_the_host_socket_is_private_to_its_user(project: Project):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import signal
 import stat
 import subprocess
 import sys
@@ -84,22 +83,7 @@ def run_flow(project: Project, *args: str, wrapper: tuple[str, ...] = (), timeou
     command = project.command(FLOW, "run", *args)
     if wrapper:
         command = [sys.executable, str(WRAPPER), *wrapper, "--", *command]
-    proc = subprocess.Popen(
-        command,
-        cwd=project.root,
-        env={**project.env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        raise AssertionError(f"flow did not finish in {timeout}s:\n{stdout}\n{stderr}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return project.run_argv(command, check=False, timeout=timeout, **env)
 
 
 def output_of(result: subprocess.CompletedProcess) -> str:

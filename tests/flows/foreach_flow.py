@@ -8,6 +8,7 @@ from metaflow import FlowSpec, Parameter, sandbox, step
 class ForeachFlow(FlowSpec):
     width = Parameter("width", default=20)
     nap = Parameter("nap", default=0.0)
+    fail_at = Parameter("fail-at", default=-1)
 
     @step
     def start(self):
@@ -21,6 +22,8 @@ class ForeachFlow(FlowSpec):
 
         print("branch", self.input, "pid", os.getpid(), flush=True)
         time.sleep(float(self.nap))
+        if self.input == int(self.fail_at):
+            raise RuntimeError("failing split %d on purpose" % self.input)
         self.square = self.input * self.input
         self.next(self.join)
 

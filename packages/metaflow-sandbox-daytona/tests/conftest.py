@@ -16,33 +16,35 @@ pytest.importorskip("daytona", reason="needs the daytona SDK")
 
 from metaflow_sandbox_core import SandboxSpec
 from metaflow_sandbox_daytona import DaytonaBackend, DaytonaSandbox
-from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator
+from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator, fixtures
 
 #: The sandboxes' `python3`: an interpreter without metaflow, as a slim image would have.
 IMAGE_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
+# The testing package's fixtures, with the image's python3 below.
+daytona_emulator_server = fixtures.daytona_emulator_server
+daytona_emulator = fixtures.daytona_emulator
+
+
 @pytest.fixture(scope="session")
-def emulator_server() -> Iterator[DaytonaEmulator]:
-    with DaytonaEmulator(python=IMAGE_PYTHON) as emulator:
-        yield emulator
+def daytona_image_python() -> str:
+    return IMAGE_PYTHON
 
 
 @pytest.fixture
-def emulator(emulator_server: DaytonaEmulator) -> Iterator[DaytonaEmulator]:
-    """The emulator with its faults reset; every test must leave no sandbox behind."""
-    emulator_server.reset_faults()
-    yield emulator_server
-    emulator_server.reset_faults()
-    assert emulator_server.live_sandboxes() == [], "the test left sandboxes behind"
+def emulator(daytona_emulator: DaytonaEmulator) -> Iterator[DaytonaEmulator]:
+    """The testing package's emulator (faults reset around each test); every test must leave no sandbox."""
+    yield daytona_emulator
+    assert daytona_emulator.live_sandboxes() == [], "the test left sandboxes behind"
 
 
 @pytest.fixture(scope="session")
 def shared_backend(
-    emulator_server: DaytonaEmulator, tmp_path_factory: pytest.TempPathFactory
+    daytona_emulator_server: DaytonaEmulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaytonaBackend]:
     """One backend (one client, one event-loop thread) for tests that need no settings of their own."""
-    env = emulator_server.env()
+    env = daytona_emulator_server.env()
     backend = DaytonaBackend(
         api_key=env["DAYTONA_API_KEY"],
         api_url=env["DAYTONA_API_URL"],

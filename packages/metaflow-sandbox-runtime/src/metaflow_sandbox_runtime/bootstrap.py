@@ -7,7 +7,8 @@ the code package (which carries metaflow) is available. It
   1. checks that the endpoints the step needs (the datastore) are reachable, naming any that is not,
   2. makes the code package available (an extracted directory, an archive, or a URL — e.g. a short-lived
      presigned one, so no credential is needed to fetch it), extracted once,
-  3. fetches libraries the step needs but the image lacks (e.g. the datastore client), when the plan offers them,
+  3. fetches libraries the step needs but the image lacks (e.g. the datastore client), when the plan offers them
+     (a plan with `prepare_only` stops here: a sandbox made ready ahead of its task),
   4. runs the step with the plan's argv, environment and working directory,
   5. decorates every output line as an mflog record (`[MFLOG|0|<utc>Z|task|<id>]line`), writes it to
      its own stdout/stderr at once (the launcher streams it) and appends it to the task's log files,
@@ -134,6 +135,10 @@ def _provide_libraries(python, env, libraries):
     """For each offered bundle whose modules the step's Python cannot import: fetch it, extract it once,
     and append it to the step's PYTHONPATH (so the code package stays first)."""
     for library in libraries:
+        directory = library["dir"]
+        if os.path.exists(os.path.join(directory, EXTRACTED_MARKER)):  # this sandbox's prepare step found
+            _append_path(env, directory)  # the modules missing and extracted the bundle
+            continue
         probe = subprocess.run(
             [python, "-c", _PROBE, *library["modules"]],
             env=env,
@@ -143,14 +148,16 @@ def _provide_libraries(python, env, libraries):
         )
         if probe.returncode == 0:
             continue
-        directory = library["dir"]
-        if not os.path.exists(os.path.join(directory, EXTRACTED_MARKER)):
-            archive = directory + ".tgz"
-            _fetch(library["url"], archive, "the datastore client bundle")
-            _extract_package(archive, directory)
-            os.unlink(archive)
-        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join([*paths, directory])
+        archive = directory + ".tgz"
+        _fetch(library["url"], archive, "the datastore client bundle")
+        _extract_package(archive, directory)
+        os.unlink(archive)
+        _append_path(env, directory)
+
+
+def _append_path(env, directory):
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, directory])
 
 
 def _upload(item):
@@ -257,6 +264,8 @@ def run(plan):
     except FetchError as error:
         sys.stderr.write("[sandbox] %s\n" % error)
         return EXIT_UNREACHABLE
+    if plan.get("prepare_only"):
+        return 0
     source = plan.get("log_source", "task")
     logs = plan.get("log_paths") or {}
 

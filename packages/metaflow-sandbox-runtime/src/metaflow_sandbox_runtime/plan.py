@@ -35,6 +35,8 @@ class Plan:
     #: Offered when the image may lack them: [{"modules": [names], "url": a .tgz, "dir": where to extract}];
     #: fetched only if the step's Python cannot import every module, then appended to its PYTHONPATH.
     libraries: list[dict] = field(default_factory=list)
+    #: Only make the package and libraries ready, run nothing: a sandbox prepared ahead of its task.
+    prepare_only: bool = False
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -28,5 +28,8 @@ SANDBOX_MAX_ARTIFACT_BYTES = from_conf("SANDBOX_MAX_ARTIFACT_BYTES", 1 << 30)
 # Comma-separated names or shell patterns added to the built-in deny list of variables that never enter a
 # sandbox (env_denylist.DEFAULT_DENYLIST).
 SANDBOX_ENV_DENYLIST = from_conf("SANDBOX_ENV_DENYLIST", "")
+# Create the sandboxes of a foreach's next tasks while earlier ones run (at most --max-workers ahead; each still
+# serves exactly one task attempt). 0 turns it off.
+SANDBOX_PREWARM = from_conf("SANDBOX_PREWARM", 1)
 # Print each sandboxed task's phase timings (prepare, sandbox, relay, cleanup).
 SANDBOX_TIMINGS = from_conf("SANDBOX_TIMINGS", False)

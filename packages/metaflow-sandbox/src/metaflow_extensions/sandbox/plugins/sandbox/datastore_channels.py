@@ -75,8 +75,9 @@ class Channel:
     def prepare(self) -> None:
         """Everything that can fail before a sandbox exists (package, credentials)."""
 
-    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
-        """Plan fields for the code package, and mounts it needs."""
+    def package(self, base: str | None = None) -> tuple[dict[str, str | None], list[Mount]]:
+        """Plan fields for the code package (in a sandbox whose channel directory is `base`, by default
+        `self.base`), and mounts it needs."""
         raise NotImplementedError
 
     def mounts(self) -> list[Mount]:
@@ -95,8 +96,8 @@ class Channel:
     def uploads(self) -> list[dict[str, str]]:
         return []
 
-    def libraries(self) -> list[dict]:
-        """Plan `libraries`: bundles offered to an image that may lack them."""
+    def libraries(self, base: str | None = None) -> list[dict]:
+        """Plan `libraries`: bundles offered to an image that may lack them (see `package` for `base`)."""
         return []
 
     def endpoints(self) -> list[dict[str, str]]:
@@ -168,7 +169,7 @@ class LocalChannel(Channel):
         launch = self.launch
         self.package_dir = ensure_extracted(launch.package_blob, launch.package_sha, launch.cache_dir)
 
-    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+    def package(self, base: str | None = None) -> tuple[dict[str, str | None], list[Mount]]:
         return {"dir": self.package_dir}, [Mount(self.package_dir, self.package_dir, read_only=True)]
 
     def mounts(self) -> list[Mount]:
@@ -257,15 +258,17 @@ class S3Channel(Channel):
             self.s3.upload(archive, location)
         return location
 
-    def libraries(self) -> list[dict]:
+    def libraries(self, base: str | None = None) -> list[dict]:
         if self.client_url is None:
             return []  # the backend runs the launcher's (or the configured) Python, which has them
-        return [{"modules": list(CLIENT_MODULES), "url": self.client_url, "dir": f"{self.base}/libraries"}]
+        return [
+            {"modules": list(CLIENT_MODULES), "url": self.client_url, "dir": f"{base or self.base}/libraries"}
+        ]
 
-    def package(self) -> tuple[dict[str, str | None], list[Mount]]:
+    def package(self, base: str | None = None) -> tuple[dict[str, str | None], list[Mount]]:
         if self.package_dir is not None:
             return {"dir": self.package_dir}, [Mount(self.package_dir, self.package_dir, read_only=True)]
-        return {"dir": f"{self.base}/package", "url": self.package_url}, []
+        return {"dir": f"{base or self.base}/package", "url": self.package_url}, []
 
     def env(self) -> dict[str, str]:
         return {

@@ -41,6 +41,19 @@ def _host_identity():
     return SandboxDecorator._host_identity
 
 
+def _max_workers():
+    """The run's --max-workers (the runtime runs inside the `run`/`resume` command's click context)."""
+    from metaflow._vendor import click
+
+    context = click.get_current_context(silent=True)
+    while context is not None:
+        value = context.params.get("max_workers")
+        if value:
+            return int(value)
+        context = context.parent
+    return 16  # Metaflow's default
+
+
 def _input_paths(value):
     """The task's inputs ("run/step/task") from its --input-paths option, as Metaflow compresses them."""
     from metaflow.util import decompress_list
@@ -87,6 +100,7 @@ class SandboxDecorator(StepDecorator):
 
     _default_backend = None
     _host_identity: dict[str, str] | None = None  # the sandbox host's socket and code fingerprint
+    _foreach_splits: dict[str, int] = {}  # a foreach parent's task path → its number of splits
     _full_network_noted: set[str] = set()  # backends whose full-network fallback the run was told about
     _saved_packages: dict[
         tuple[str, str], tuple[str, str, str]
@@ -388,7 +402,29 @@ class SandboxDecorator(StepDecorator):
             max_result_bytes=int(_config("SANDBOX_MAX_RESULT_BYTES") or 16 << 30),
             max_artifact_bytes=int(_config("SANDBOX_MAX_ARTIFACT_BYTES") or 1 << 30),
             relay_timeout=float(_config("SANDBOX_RELAY_TIMEOUT") or 1800),
+            foreach_size=self._foreach_size(cli_args),
+            max_workers=_max_workers(),
         )
+
+    def _foreach_size(self, cli_args):
+        """How many tasks the foreach this task belongs to starts (0 when it is not a foreach split), so the
+        sandbox host can create sandboxes for the splits still to come while this one runs."""
+        off = str(_config("SANDBOX_PREWARM")).strip().lower() in ("0", "false", "no", "off")
+        if off or cli_args.command_options.get("split-index") in (None, ""):
+            return 0
+        parents = _input_paths(cli_args.command_options.get("input-paths"))
+        if len(parents) != 1:
+            return 0
+        splits = SandboxDecorator._foreach_splits.get(parents[0])
+        if splits is None:
+            try:
+                _, step, task = parents[0].split("/")
+                parent = self.flow_datastore.get_task_datastore(self.run_id, step, task, mode="r")
+                splits = int(parent["_foreach_num_splits"])
+            except Exception:  # not a plain foreach (or unreadable): no sandboxes ahead
+                splits = 0
+            SandboxDecorator._foreach_splits[parents[0]] = splits
+        return splits
 
     def _s3_settings(self):
         """Non-secret S3 settings the step needs, as the launcher resolves them."""

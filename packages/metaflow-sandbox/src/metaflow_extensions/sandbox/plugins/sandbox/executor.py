@@ -6,6 +6,8 @@ failure that retrying the user's code will not fix.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -33,6 +35,7 @@ from .datastore_channels import SANDBOX_SUBDIR, Channel, channel_for
 from .env_denylist import denied_names, denylist
 from .step_command import StepCommand
 from .task_launch import TaskLaunch
+from .warm_pool import MAX_WAIT_SECONDS, WarmPool
 
 EXIT_INFRASTRUCTURE = 202  # metaflow.exception.METAFLOW_EXIT_DISALLOW_RETRY
 EXIT_TIMEOUT = 124
@@ -79,6 +82,7 @@ class TaskExecutor:
         backends: Callable[[str], Backend] = load_backend,
         extra_labels: dict[str, str] | None = None,
         cwd: str | None = None,
+        warm_pool: WarmPool | None = None,
     ):
         self.launch = launch
         self.command = command
@@ -87,6 +91,8 @@ class TaskExecutor:
         self.backends = backends
         self.extra_labels = extra_labels or {}
         self.cwd = cwd or os.getcwd()  # the task's: relative paths of its command line resolve there
+        self.warm_pool = warm_pool
+        self._group: str | None = None  # this task's group in the warm pool, if it has one
         self._interrupted: int | None = None
         self._sandbox: Sandbox | None = None
         self._sandbox_lock = threading.Lock()
@@ -117,6 +123,17 @@ class TaskExecutor:
     def run(self, install_signal_handlers: bool = True) -> int:
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if install_signal_handlers else ()
         previous = {s: signal.signal(s, _raise_interrupted) for s in signals}
+        code = EXIT_INFRASTRUCTURE
+        try:
+            code = self._attempt()
+            return code
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if code != 0 and self._group is not None and self.warm_pool is not None:
+                self.warm_pool.drop(self._group)  # the run may stop here: no sandbox ahead is wanted
+
+    def _attempt(self) -> int:
         channel: Channel | None = None
         try:
             try:
@@ -148,8 +165,6 @@ class TaskExecutor:
             self.say(f"Interrupted ({interrupted}); the sandbox was destroyed.")
             return 128 + interrupted.signum
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             if channel is not None:
                 channel.cleanup()
             shutil.rmtree(self.staging, ignore_errors=True)
@@ -209,24 +224,86 @@ class TaskExecutor:
             libraries=channel.libraries(),
         )
 
+    def _warm_group(self, backend: Backend, spec: SandboxSpec) -> str | None:
+        """This task's group for sandboxes prepared ahead: a foreach split whose sandbox depends on nothing
+        of the task itself (no mounts), in the sandbox host; else None."""
+        launch = self.launch
+        if self.warm_pool is None or launch.foreach_size < 2 or spec.mounts or len(launch.parents) != 1:
+            return None
+        shared = dataclasses.asdict(dataclasses.replace(spec, labels={}))
+        fields = [backend.name, launch.flow, launch.run_id, launch.step, launch.parents[0], shared]
+        return json.dumps(fields, sort_keys=True, default=str)
+
+    def _prepare_ahead(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> Sandbox:
+        """A sandbox for a later task of this group: created, with the code package and libraries ready.
+
+        Its labels name the step, not a task; its lifetime adds the time it may wait for its task."""
+        labels = {k: v for k, v in spec.labels.items() if k not in ("metaflow.task", "metaflow.attempt")}
+        timeout = spec.timeout + MAX_WAIT_SECONDS if spec.timeout else None
+        sandbox = call_with_retries(
+            lambda: backend.create(dataclasses.replace(spec, labels=labels, timeout=timeout))
+        )
+        try:
+            base = _channel_dir(sandbox)
+            package, _ = channel.package(base)
+            plan = Plan(
+                python=self.launch.python,
+                argv=[],
+                package_dir=str(package["dir"]),
+                package_url=package.get("url"),
+                workdir=f"{base}/work",
+                endpoints=channel.endpoints(),
+                libraries=channel.libraries(base),
+                prepare_only=True,
+            )
+            bootstrap, plan_file = f"{base}/bootstrap.py", f"{base}/prepare.json"
+            sandbox.upload(bootstrap_source(), bootstrap)
+            sandbox.upload(plan.to_json().encode(), plan_file)
+            said: list[bytes] = []
+            code = sandbox.run(
+                plan.command(bootstrap, plan_file), timeout=600, on_output=lambda _, line: said.append(line)
+            )
+            if code != 0:
+                raise SandboxError(
+                    f"its preparation exited {code}: {b''.join(said[-5:]).decode(errors='replace').strip()}"
+                )
+            return sandbox
+        except BaseException:
+            sandbox.destroy()
+            raise
+
     def _run_in_sandbox(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> int:
         started = time.monotonic()
         sandbox: Sandbox | None = None
         try:
-            sandbox = call_with_retries(
-                lambda: backend.create(spec),
-                on_retry=lambda error, delay: self.say(f"{error} — retrying in {delay:.1f}s"),
-            )
+            launch, pool = self.launch, self.warm_pool
+            self._group = self._warm_group(backend, spec)
+            if self._group is not None and pool is not None:
+                sandbox = pool.arrive(
+                    self._group, launch.foreach_size, launch.max_workers, launch.attempt == 0
+                )
+            warm = sandbox is not None
+            if sandbox is None:
+                sandbox = call_with_retries(
+                    lambda: backend.create(spec),
+                    on_retry=lambda error, delay: self.say(f"{error} — retrying in {delay:.1f}s"),
+                )
             with self._sandbox_lock:
                 self._sandbox = sandbox
             self._check_interrupted()
+            ahead = " (prepared ahead)" if warm else ""
             self.say(
-                f"Running in {backend.name} sandbox {sandbox.id} (ready in {time.monotonic() - started:.2f}s)."
+                f"Running in {backend.name} sandbox {sandbox.id}{ahead} (ready in "
+                f"{time.monotonic() - started:.2f}s)."
             )
-            channel.base = f"{sandbox.workdir.rstrip('/')}/{SANDBOX_SUBDIR}"
+            channel.base = _channel_dir(sandbox)
+            if self._group is not None and pool is not None:
+                group = self._group
+                pool.fill(group, lambda: self._prepare_ahead(backend, spec, channel))
             plan = self._plan(channel)
             bootstrap, plan_file = f"{channel.base}/bootstrap.py", f"{channel.base}/plan.json"
-            sandbox.upload(bootstrap_source(), bootstrap)
+            if not warm:
+                sandbox.upload(bootstrap_source(), bootstrap)
             sandbox.upload(plan.to_json().encode(), plan_file)
             code = sandbox.run(
                 plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=self.output
@@ -248,6 +325,10 @@ class TaskExecutor:
         finally:
             if sandbox is not None:
                 sandbox.destroy()
+
+
+def _channel_dir(sandbox: Sandbox) -> str:
+    return f"{sandbox.workdir.rstrip('/')}/{SANDBOX_SUBDIR}"
 
 
 def load_task(argv: list[str]) -> tuple[TaskLaunch, StepCommand]:

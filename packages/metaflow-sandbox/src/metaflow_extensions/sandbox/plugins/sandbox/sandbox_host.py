@@ -24,6 +24,7 @@ from metaflow_sandbox_core import Backend, load_backend
 from . import host_protocol as wire
 from .host_client import EXIT_INFRASTRUCTURE, IDLE_ENV
 from .host_identity import code_fingerprint, host_alive, host_label
+from .warm_pool import WarmPool
 
 DEFAULT_IDLE = 600.0
 HOST_LABEL = "metaflow-sandbox.host"
@@ -45,6 +46,8 @@ class SandboxHost:
         self._retired = threading.Event()
         self._listener: socket.socket | None = None
         self._socket_inode = -1
+        #: Sandboxes prepared ahead for the foreach splits still to come.
+        self.warm_pool = WarmPool(self._log)
 
     # -- lifetime -------------------------------------------------------------------------------------
 
@@ -72,7 +75,10 @@ class SandboxHost:
             listener.settimeout(0.5)
             self._listener = listener
             self._log(f"serving on {self.path} (code {self.code})")
-            self._accept_until_idle(listener)
+            try:
+                self._accept_until_idle(listener)
+            finally:
+                self.warm_pool.close()
 
     def _accept_until_idle(self, listener: socket.socket) -> None:
         while True:
@@ -80,6 +86,7 @@ class SandboxHost:
                 idle = self._tasks == 0 and time.monotonic() - self._last_active > self.idle_seconds
                 if (idle or self._retired.is_set()) and self._tasks == 0:
                     break
+            self.warm_pool.expire()
             if self._retired.is_set():
                 time.sleep(0.1)
                 continue
@@ -178,6 +185,7 @@ class SandboxHost:
             output=lambda stream, line: send(wire.OUT if stream == "stdout" else wire.ERR, line),
             backends=self._backend,
             extra_labels={HOST_LABEL: self.label},
+            warm_pool=self.warm_pool,
         )
 
         def listen() -> None:

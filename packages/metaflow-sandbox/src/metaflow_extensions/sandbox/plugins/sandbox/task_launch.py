@@ -57,6 +57,10 @@ class TaskLaunch:
     #: Print the launcher's phase timings for the task (METAFLOW_SANDBOX_TIMINGS).
     timings: bool = False
     relay_timeout: float = 1800.0
+    #: How many tasks this task's foreach split starts (0: not a foreach split, or METAFLOW_SANDBOX_PREWARM=0)
+    #: and the run's --max-workers: the sandbox host creates sandboxes for the splits still to come ahead.
+    foreach_size: int = 0
+    max_workers: int = 16
 
     @property
     def labels(self) -> dict[str, str]:
