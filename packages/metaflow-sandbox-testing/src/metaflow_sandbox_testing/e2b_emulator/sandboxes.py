@@ -145,9 +145,9 @@ class EmulatedSandbox:
         argv = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/home", "--bind", self.home, HOME]
         argv += ["--bind", self.tmp, "/tmp"]
         image = self.registry.image
-        keep = [os.path.join(self.root, "python")]
-        if image is not None:
-            keep += [os.path.dirname(image.executable), *image.site_dirs]
+        keep: list[str] = []
+        if image is not None:  # the sandbox's environment over the image, and the image's own directories
+            keep += [os.path.join(self.root, "python"), os.path.dirname(image.executable), *image.site_dirs]
         for path in sorted({os.path.realpath(p) for p in keep}):
             if path == "/tmp" or path.startswith("/tmp/"):
                 argv += ["--ro-bind", path, path]
