@@ -1,7 +1,8 @@
-"""Benchmarks of the warm sandbox host: P2 (Daytona per-task overhead), P5 (a wide foreach on Daytona), R5 (the
-host's memory over many tasks). Called by run.py; each figure against a baseline measured in the same run.
+"""Benchmarks of the warm sandbox host: P2 (per-task overhead on the Daytona and E2B emulators), P5 (a wide
+foreach on Daytona), R5 (the host's memory over many tasks). Called by run.py; each figure against a baseline
+measured in the same run.
 
-    python benchmarks/host_bench.py [--p5-width 200] [--r5-tasks 500]
+    python benchmarks/host_bench.py [--p5-width 200] [--r5-tasks 500] [--only P2|P2-e2b|P5|R5] [--p2-width 20]
 """
 
 from __future__ import annotations
@@ -101,29 +102,37 @@ def _stop_hosts(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def _daytona_world(prefix: str) -> Iterator[tuple[Path, dict[str, str], Any]]:
-    """A scratch root, a real S3 server with a bucket and a Daytona emulator whose image has no metaflow:
-    (root, the environment a run needs, the emulator). Hosts started under the root are stopped after."""
+def _cloud_world(prefix: str, backend: str = "daytona") -> Iterator[tuple[Path, dict[str, str], Any]]:
+    """A scratch root, a real S3 server with a bucket and the backend's emulator (Daytona's or E2B's) whose
+    image has no metaflow: (root, the environment a run needs, the emulator). Hosts started under the root
+    are stopped after."""
     from metaflow_sandbox_testing.clean_python import make_clean_python
     from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator
+    from metaflow_sandbox_testing.e2b_emulator import E2BEmulator
     from metaflow_sandbox_testing.s3_server import S3Server
 
     root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         image = make_clean_python(root / "image")
-        with S3Server() as s3, DaytonaEmulator(python=image) as emulator:
+        emulator_class = E2BEmulator if backend == "e2b" else DaytonaEmulator
+        with S3Server() as s3, emulator_class(python=image) as emulator:
             s3.create_bucket("bench")
             env = {**_base_env(root), **s3.metaflow_env("bench"), **emulator.env()}
-            yield root, {**env, "METAFLOW_SANDBOX_BACKEND": "daytona"}, emulator
+            yield root, {**env, "METAFLOW_SANDBOX_BACKEND": backend}, emulator
     finally:
         _stop_hosts(root)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def p2_daytona_overhead(width: int = 20) -> dict:
-    """Per-task overhead over plain on the Daytona emulator + S3: foreach of `width`, one worker, after a
+    """P2 on the Daytona emulator."""
+    return p2_overhead(width, "daytona")
+
+
+def p2_overhead(width: int = 20, backend: str = "daytona") -> dict:
+    """Per-task overhead over plain on a cloud backend's emulator + S3: foreach of `width`, one worker, after a
     warm-up run (a warm host, as a user's second run finds it)."""
-    with _daytona_world("mfs-p2-") as (root, env, emulator):
+    with _cloud_world(f"mfs-p2-{backend}-", backend) as (root, env, emulator):
         project = _project(root, "p2")
         args = ("fanout_flow.py", "--metadata", "local", "--datastore", "s3", "run", "--max-workers", "1")
         args += ("--width", str(width))
@@ -135,6 +144,7 @@ def p2_daytona_overhead(width: int = 20) -> dict:
         left = len(emulator.live_sandboxes())
     p, b = statistics.median(plain), statistics.median(boxed)
     return {
+        "backend": backend,
         "tasks": width,
         "plain_wall_s": round(p, 2),
         "sandboxed_wall_s": round(b, 2),
@@ -148,7 +158,7 @@ def p5_wide_foreach(width: int = 200, workers: int = 32) -> dict:
     """A foreach of `width` @daytona tasks with `--max-workers workers`: completes, 0 failures, 0 sandboxes
     left; the start times of the sandboxes show the client-side create rate limit held."""
     rate = 600
-    with _daytona_world("mfs-p5-") as (root, env, emulator):
+    with _cloud_world("mfs-p5-") as (root, env, emulator):
         env = {**env, "METAFLOW_SANDBOX_DAYTONA_CREATES_PER_MINUTE": str(rate)}
         project = _project(root, "p5")
         args = ("fanout_flow.py", "--metadata", "local", "--datastore", "s3", "run")
@@ -242,11 +252,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--p5-width", type=int, default=200)
     parser.add_argument("--r5-tasks", type=int, default=500)
-    parser.add_argument("--only", choices=("P2", "P5", "R5"))
+    parser.add_argument("--only", choices=("P2", "P2-e2b", "P5", "R5"))
+    parser.add_argument("--p2-width", type=int, default=20)
     args = parser.parse_args()
     results = {}
     if args.only in (None, "P2"):
-        results["P2"] = p2_daytona_overhead()
+        results["P2"] = p2_overhead(args.p2_width, "daytona")
+    if args.only in (None, "P2-e2b"):
+        results["P2-e2b"] = p2_overhead(args.p2_width, "e2b")
     if args.only in (None, "P5"):
         results["P5"] = p5_wide_foreach(args.p5_width)
     if args.only in (None, "R5"):

@@ -252,13 +252,48 @@ The predecessor is cheap here because the emulator's sandboxes are local process
 """
 
 
+def side_by_side_e2b_markdown(p7: dict) -> str:
+    """The P7 section for `@e2b`: this project and the predecessor on the E2B emulator (or why it could not run)."""
+    plain = p7["plain"]
+    rows = []
+    for image in (i for i in ("prepared", "stock") if i in p7):
+        pair = p7[image]
+        for who, label in (("ours", "this project"), ("theirs", f"predecessor ({p7['predecessor']})")):
+            r = pair[who]
+            if "error" in r:
+                rows.append(f"| {image} | {label} | did not run: {r['error'].splitlines()[0]} | | | | |")
+                continue
+            rows.append(
+                f"| {image} | {label} | **{r['branch_task_mean_s']} s** | "
+                f"{round(r['branch_task_mean_s'] - plain['branch_task_mean_s'], 2)} s | {r['wall_s']} s | "
+                f"{r['first_line_delay_s']} s (median {r['line_delay_median_s']} s) | {r['launcher_peak_rss_mb']} MB |"
+            )
+        rows.append(
+            f"| {image} | ratio ours / theirs | **{pair['task_wall_ratio']}** | | | | sandboxes left: {pair['sandboxes_left']} |"
+        )
+    table = "\n".join(rows)
+    return f"""
+## P7 (E2B): side by side with the predecessor (`@e2b`, E2B emulator, moto S3)
+
+`benchmarks/flows/e2b_flow.py` (the P7 flow with `@e2b`), foreach of {p7["width"]}, `--max-workers 1`, both
+projects driving the real `e2b` SDK (the predecessor through `e2b-code-interpreter`) against the same E2B
+emulator and S3 server; plain task {plain["branch_task_mean_s"]} s.
+
+| image | who | foreach task wall (mean) | over plain | flow wall | first log line (median) | launcher peak RSS |
+| --- | --- | --- | --- | --- | --- | --- |
+{table}
+"""
+
+
 def host_rows(results: dict) -> str:
     """Table rows of the host benchmarks (host_bench.py), for those that ran."""
     rows = []
-    if "P2" in results:
-        p2 = results["P2"]
+    for key, name in (("P2", "Daytona"), ("P2-e2b", "E2B")):
+        if key not in results:
+            continue
+        p2 = results[key]
         rows.append(
-            f"| P2 | per-task overhead on the Daytona emulator + S3 (moto), foreach of {p2['tasks']}, `--max-workers 1`, "
+            f"| {key} | per-task overhead on the {name} emulator + S3 (moto), foreach of {p2['tasks']}, `--max-workers 1`, "
             f"warm host: (sandboxed wall - plain wall) / {p2['tasks']} | **{p2['overhead_per_task_s']} s** (plain "
             f"{p2['plain_wall_s']} s, sandboxed {p2['sandboxed_wall_s']} s; sandboxes left {p2['sandboxes_left']}) | ≤ {p2['target_s']} s |"
         )
@@ -304,6 +339,8 @@ trampoline adds ≈ 4 s per task. The predecessor project was once measured at �
 """
     if "P7" in results:
         text += side_by_side_markdown(results["P7"])
+    if "P7-e2b" in results:
+        text += side_by_side_e2b_markdown(results["P7-e2b"])
     path.write_text(text)
 
 
@@ -328,15 +365,17 @@ def main() -> None:
             "P4": p4_memory(root, env),
         }
         if not args.no_host_bench:
-            from host_bench import p2_daytona_overhead, p5_wide_foreach, r5_host_memory
+            from host_bench import p2_overhead, p5_wide_foreach, r5_host_memory
 
-            results["P2"] = p2_daytona_overhead(WIDTH)
+            results["P2"] = p2_overhead(WIDTH, "daytona")
+            results["P2-e2b"] = p2_overhead(WIDTH, "e2b")
             results["P5"] = p5_wide_foreach()
             results["R5"] = r5_host_memory()
         if not args.no_predecessor:
             from side_by_side import side_by_side
 
             results["P7"] = side_by_side(WIDTH)
+            results["P7-e2b"] = side_by_side(WIDTH, "e2b", ("prepared",))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     out = HERE / "results"

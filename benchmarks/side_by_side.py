@@ -1,8 +1,9 @@
 """P7: side by side with the predecessor (`metaflow-sandbox==0.1.1` from PyPI), each in its own environment,
-on the same flow (benchmarks/flows/daytona_flow.py), the same Daytona emulator, the same S3 server and the
-same sandbox image (a Python with pip, boto3 and requests, no metaflow).
+on the same flow (benchmarks/flows/<backend>_flow.py), the same emulator (Daytona's or E2B's), the same S3
+server and the same sandbox image (a Python with pip, boto3 and requests, no metaflow).
 
-    python benchmarks/side_by_side.py [--width N]      (also run by `nox -s bench`)
+    python benchmarks/side_by_side.py [--width N] [--backend daytona|e2b] [--images prepared,stock]
+    (also run by `nox -s bench`)
 
 Measured from the launcher's side, exactly as a user sees it: each task's wall time (from the runtime's
 "Task is starting." to "Task finished successfully." lines), the delay of each printed line until it reaches
@@ -25,8 +26,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FLOW = HERE / "flows" / "daytona_flow.py"
-PREDECESSOR = "metaflow-sandbox[daytona]==0.1.1"
+FLOWS = {"daytona": HERE / "flows" / "daytona_flow.py", "e2b": HERE / "flows" / "e2b_flow.py"}
+FLOW = FLOWS["daytona"]
+#: The predecessor with both of its cloud extras (the e2b one brings e2b-code-interpreter).
+PREDECESSOR = "metaflow-sandbox[daytona,e2b]==0.1.1"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "metaflow-sandbox" / "bench"
 
 TASK_LINE = re.compile(r"\[[^/\]]+/(\w+)/(\d+) \(pid \d+\)\] (Task is starting|Task finished successfully)")
@@ -42,7 +45,7 @@ def _uv() -> str:
 
 def predecessor_python() -> str:
     """A venv with the predecessor from PyPI (cached between runs); its python."""
-    venv = CACHE / "predecessor-0.1.1"
+    venv = CACHE / "predecessor-0.1.1-daytona-e2b"
     done = venv / ".complete"
     if not done.exists():
         shutil.rmtree(venv, ignore_errors=True)
@@ -94,9 +97,9 @@ class LauncherMemory:
         return self.peak_kb
 
 
-def run_flow(python: str, project: Path, env: dict[str, str], width: int) -> dict:
+def run_flow(python: str, project: Path, env: dict[str, str], width: int, flow: Path = FLOW) -> dict:
     """Run the flow once; what the launcher saw."""
-    command = [python, FLOW.name, "--metadata", "local", "--datastore", "s3", "run"]
+    command = [python, flow.name, "--metadata", "local", "--datastore", "s3", "run"]
     command += ["--max-workers", "1", "--width", str(width)]
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -132,7 +135,7 @@ def run_flow(python: str, project: Path, env: dict[str, str], width: int) -> dic
     log = CACHE / f"{project.name}.log"
     log.write_text("".join(output))
     if code != 0:
-        raise RuntimeError(f"{python} {FLOW.name} exited {code}; its output is in {log}")
+        raise RuntimeError(f"{python} {flow.name} exited {code}; its output is in {log}")
     return {
         "wall_s": round(wall, 2),
         "branch_task_mean_s": round(statistics.mean(walls["branch"]), 3),
@@ -145,23 +148,39 @@ def run_flow(python: str, project: Path, env: dict[str, str], width: int) -> dic
     }
 
 
-def side_by_side(width: int = 20) -> dict:
+def _emulator(backend: str, python: str):  # type: ignore[no-untyped-def]
+    """The backend's emulator on `python` (the sandbox image)."""
+    if backend == "e2b":
+        from metaflow_sandbox_testing.e2b_emulator import E2BEmulator
+
+        return E2BEmulator(python=python)  # /tmp is private per sandbox there, as on E2B
+    from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator
+
+    # The predecessor writes its step script to the sandbox's /tmp: the file API may reach it.
+    return DaytonaEmulator(python=python, host_paths=("/tmp",))
+
+
+def side_by_side(
+    width: int = 20, backend: str = "daytona", images: tuple[str, ...] = ("prepared", "stock")
+) -> dict:
     """Plain once; then ours and theirs on each sandbox image, each image with its own emulator."""
     from metaflow_sandbox_testing.clean_python import make_clean_python
-    from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator
     from metaflow_sandbox_testing.s3_server import S3Server
+
+    flow = FLOWS[backend]
 
     theirs_python = predecessor_python()
     root = Path(tempfile.mkdtemp(prefix="mfs-sbs-"))
     try:
-        images = {
+        made = {
             # What this project's docs ask of an image for S3; the predecessor's per-task
             # `pip install boto3 requests` then finds them installed.
-            "prepared": make_clean_python(root / "prepared", with_pip=True),
+            "prepared": lambda: make_clean_python(root / "prepared", with_pip=True),
             # A stock Python image (python:3.11-slim, Daytona's default): pip, no boto3. The predecessor
             # pip-installs from the package index in every sandbox; this project ships its client bundle.
-            "stock": make_clean_python(root / "stock", packages=(), with_pip=True),
+            "stock": lambda: make_clean_python(root / "stock", packages=(), with_pip=True),
         }
+        pythons = {image: made[image]() for image in images}
         (root / "home").mkdir()
         base = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -170,22 +189,36 @@ def side_by_side(width: int = 20) -> dict:
             "METAFLOW_USER": "bench",
             "METAFLOW_SANDBOX_CACHE_DIR": str(root / "cache"),
         }
-        results: dict = {"width": width, "predecessor": PREDECESSOR, "target_ratio": round(1 / 3, 3)}
+        results: dict = {
+            "width": width,
+            "backend": backend,
+            "predecessor": PREDECESSOR,
+            "target_ratio": round(1 / 3, 3),
+        }
         with S3Server() as s3:
             s3.create_bucket("bench")
             env = {**base, **s3.metaflow_env("bench")}
-            results["plain"] = run_flow(sys.executable, _project(root, "plain"), env, width)
-            for image, python in images.items():
-                # The predecessor writes its step script to the sandbox's /tmp: the file API may reach it.
-                with DaytonaEmulator(python=python, host_paths=("/tmp",)) as emulator:
-                    daytona_env = {**env, **emulator.env()}
-                    ours = run_flow(sys.executable, _project(root, f"ours-{image}"), daytona_env, width)
-                    theirs = run_flow(theirs_python, _project(root, f"theirs-{image}"), daytona_env, width)
+            results["plain"] = run_flow(sys.executable, _project(root, "plain", flow), env, width, flow)
+            for image, python in pythons.items():
+                with _emulator(backend, python) as emulator:
+                    cloud_env = {**env, **emulator.env()}
+                    ours = run_flow(
+                        sys.executable, _project(root, f"ours-{image}", flow), cloud_env, width, flow
+                    )
+                    try:
+                        theirs = run_flow(
+                            theirs_python, _project(root, f"theirs-{image}", flow), cloud_env, width, flow
+                        )
+                    except RuntimeError as error:  # recorded: why the predecessor cannot run here
+                        theirs = {"error": str(error)}
                     left = len(emulator.live_sandboxes())
+                ratio = None
+                if "branch_task_mean_s" in theirs:
+                    ratio = round(ours["branch_task_mean_s"] / theirs["branch_task_mean_s"], 3)
                 results[image] = {
                     "ours": ours,
                     "theirs": theirs,
-                    "task_wall_ratio": round(ours["branch_task_mean_s"] / theirs["branch_task_mean_s"], 3),
+                    "task_wall_ratio": ratio,
                     "sandboxes_left": left,
                 }
     finally:
@@ -193,22 +226,25 @@ def side_by_side(width: int = 20) -> dict:
     return results
 
 
-def _project(root: Path, name: str) -> Path:
-    """A project directory with the flow; the plain baseline gets it without its `@daytona` lines."""
+def _project(root: Path, name: str, flow: Path = FLOW) -> Path:
+    """A project directory with the flow; the plain baseline gets it without its `@daytona`/`@e2b` lines."""
     project = root / name
     project.mkdir()
-    text = FLOW.read_text()
+    text = flow.read_text()
     if name == "plain":
-        text = text.replace("    @daytona\n", "")
-    (project / FLOW.name).write_text(text)
+        text = text.replace("    @daytona\n", "").replace("    @e2b\n", "")
+    (project / flow.name).write_text(text)
     return project
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--width", type=int, default=20)
+    parser.add_argument("--backend", choices=sorted(FLOWS), default="daytona")
+    parser.add_argument("--images", default="prepared,stock", help="comma-separated: prepared, stock")
     args = parser.parse_args()
-    print(json.dumps(side_by_side(args.width), indent=2))
+    images = tuple(i for i in args.images.split(",") if i)
+    print(json.dumps(side_by_side(args.width, args.backend, images), indent=2))
 
 
 if __name__ == "__main__":

@@ -77,12 +77,18 @@ class Project:
     datastore: str = "local"
     s3: object | None = None  # the S3Server, for the s3 datastore
     daytona: object | None = None  # the DaytonaEmulator, for the daytona backend
+    e2b: object | None = None  # the E2BEmulator, for the e2b backend
+
+    @property
+    def emulator(self) -> object | None:
+        """The cloud emulator this project's sandboxes live in (None for local backends)."""
+        return self.daytona or self.e2b
 
     def live_sandboxes(self) -> list:
-        """What is still running of this project's sandboxes (bubblewrap: its bwrap processes; daytona: the
-        emulator's live sandboxes)."""
-        if self.daytona is not None:
-            return list(self.daytona.live_sandboxes())  # type: ignore[attr-defined]
+        """What is still running of this project's sandboxes (bubblewrap: its bwrap processes; a cloud
+        backend: its emulator's live sandboxes)."""
+        if self.emulator is not None:
+            return list(self.emulator.live_sandboxes())  # type: ignore[attr-defined]
         return sandbox_processes(self.sandbox_marker)
 
     @property
@@ -198,6 +204,15 @@ def daytona_emulator(clean_python):
         yield emulator
 
 
+@pytest.fixture(scope="session")
+def e2b_emulator(clean_python):
+    """The E2B emulator (driven by the real e2b SDK); its sandboxes' python3 has no metaflow."""
+    from metaflow_sandbox_testing.e2b_emulator import E2BEmulator
+
+    with E2BEmulator(python=clean_python) as emulator:
+        yield emulator
+
+
 @pytest.fixture(params=[(d, m) for d in DATASTORES for m in METADATA_MODES], ids=lambda p: f"{p[0]}-{p[1]}")
 def project(request, tmp_path) -> Project:
     """A project for each datastore x metadata mode: local files or S3 (a real S3 server), local metadata
@@ -222,6 +237,11 @@ def project(request, tmp_path) -> Project:
             pytest.fail("the daytona backend needs a remote datastore: run it with MFS_TEST_DATASTORE=s3")
         proj.daytona = request.getfixturevalue("daytona_emulator")
         proj.env.update(proj.daytona.env())  # type: ignore[attr-defined]
+    if BACKEND == "e2b":
+        if datastore != "s3":
+            pytest.fail("the e2b backend needs a remote datastore: run it with MFS_TEST_DATASTORE=s3")
+        proj.e2b = request.getfixturevalue("e2b_emulator")
+        proj.env.update(proj.e2b.env())  # type: ignore[attr-defined]
     if metadata == "service":
         service = shutil.which(
             "metaflow-local-service", path=os.path.dirname(sys.executable)

@@ -27,12 +27,13 @@ def _canary_run(project: Project, **env: str) -> tuple[dict, str]:
     from metaflow_sandbox_testing.s3_server import SECRET_KEY
 
     provider = dict(PROVIDER_CANARIES)
-    if project.daytona is not None:  # the launcher needs the real key; it is the canary then
-        provider["DAYTONA_API_KEY"] = project.env["DAYTONA_API_KEY"]
+    for key in ("DAYTONA_API_KEY", "E2B_API_KEY"):  # the launcher needs the real key; it is the canary then
+        if project.emulator is not None and key in project.env:
+            provider[key] = project.env[key]
     canaries = [*provider.values(), SECRET_KEY]
-    # The Daytona emulator runs sandboxes as plain local processes: they share the host's /proc and /tmp,
-    # so there only the step's environment, home and working directory are searched. Real sandboxes: all.
-    scan_proc = "False" if project.daytona is not None else "True"
+    # The cloud emulators run sandboxes as local processes: they share the host's /proc and /tmp, so there
+    # only the step's environment, home and working directory are searched. Real sandboxes: all.
+    scan_proc = "False" if project.emulator is not None else "True"
     arguments = ("--canaries", ",".join(canaries), "--scan-proc", scan_proc)
     result = project.run("canary_flow.py", "run", *arguments, **provider, **env)
     data = project.query(

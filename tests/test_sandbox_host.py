@@ -23,8 +23,8 @@ HOST_MODULE = "metaflow_extensions.sandbox.plugins.sandbox.sandbox_host"
 
 
 def _sandbox_count(project: Project) -> int:
-    """How many sandboxes exist (bubblewrap: sandbox directories; daytona: the emulator's live ones)."""
-    if project.daytona is not None:
+    """How many sandboxes exist (bubblewrap: sandbox directories; a cloud backend: the emulator's live ones)."""
+    if project.emulator is not None:
         return len(project.live_sandboxes())
     state = Path(project.env["METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR"])
     return len(list(state.glob("bwrap-*"))) if state.exists() else 0
@@ -68,7 +68,7 @@ def test_sandboxes_of_the_next_splits_are_prepared_ahead_and_none_is_left(projec
     running = re.findall(r"Running in \w+ sandbox (\S+)( \(prepared ahead\))?", output)
     assert len(running) == 4 and len({sandbox for sandbox, _ in running}) == 4, output
     ahead = sum(1 for _, flag in running if flag)
-    assert ahead == (3 if project.daytona is not None else 0), output
+    assert ahead == (3 if project.emulator is not None else 0), output
     assert project.live_sandboxes() == []
     assert "total 14" in output
 

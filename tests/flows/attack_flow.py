@@ -38,8 +38,9 @@ import zlib
 from metaflow import FlowSpec, Parameter, current, retry, sandbox, step
 
 GZIP_META = {"cas_raw": False, "cas_version": 1}
-#: The attacking step is small (memory=256), except on Daytona's default snapshot, which takes no sizes.
-MEMORY_MB = None if os.environ.get("METAFLOW_SANDBOX_BACKEND") == "daytona" else 256
+#: The attacking step is small (memory=256), except where the image sets the size (Daytona's default snapshot,
+#: E2B's templates), which take no sizes.
+MEMORY_MB = None if os.environ.get("METAFLOW_SANDBOX_BACKEND") in ("daytona", "e2b") else 256
 
 
 class Bomb:

@@ -101,6 +101,16 @@ def test_unknown_and_not_installed_backends_name_the_fix(installed):
         backend_class("nope")
 
 
+def test_a_backend_needing_a_newer_python_says_which(installed, monkeypatch):
+    """The e2b SDK needs Python 3.11: on 3.10 the `[e2b]` extra installs nothing, and @e2b says why."""
+    installed()
+    monkeypatch.setattr(registry.sys, "version_info", (3, 10, 14, "final", 0))
+    with pytest.raises(
+        BackendNotInstalledError, match=r"needs Python 3\.11 or newer .* this is Python 3\.10"
+    ):
+        backend_class("e2b")
+
+
 def test_entry_point_must_be_a_backend(installed):
     class NotABackend:
         name = "odd"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from importlib import metadata
 
@@ -17,6 +18,9 @@ KNOWN_BACKENDS = {
     "daytona": "metaflow-sandbox-daytona",
     "e2b": "metaflow-sandbox-e2b",
 }
+
+#: Backends whose SDK needs a newer Python than core does (their extra installs nothing on an older one).
+MINIMUM_PYTHON = {"e2b": (3, 11)}
 
 
 def install_hint(name: str) -> str:
@@ -40,6 +44,13 @@ def backend_class(name: str) -> type[Backend]:
     """The backend class registered as `name`; `ConfigError` naming the fix otherwise."""
     entry_point = available_backends().get(name)
     if entry_point is None:
+        needed = MINIMUM_PYTHON.get(name)
+        if needed is not None and sys.version_info[:2] < needed:
+            raise BackendNotInstalledError(
+                f"The {name!r} sandbox backend needs Python {'.'.join(map(str, needed))} or newer (its SDK "
+                f"does); this is Python {sys.version_info[0]}.{sys.version_info[1]}. Run the flow with a newer "
+                f"Python and {install_hint(name)}"
+            )
         if name in KNOWN_BACKENDS:
             raise BackendNotInstalledError(
                 f"The {name!r} sandbox backend is not installed. Install it with: {install_hint(name)}"

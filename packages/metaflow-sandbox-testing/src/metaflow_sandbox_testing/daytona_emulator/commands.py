@@ -145,9 +145,16 @@ class Command:
         self._waiters.append(waiter)
         await waiter
 
-    async def records(self, follow: bool) -> AsyncIterator[tuple[int, bytes]]:
-        """(stream, data) records from the beginning; with `follow`, until the command has exited."""
+    @property
+    def logged(self) -> int:
+        """Bytes logged so far (an offset for `records`: what comes after now)."""
+        return os.path.getsize(self.log_path)
+
+    async def records(self, follow: bool, offset: int = 0) -> AsyncIterator[tuple[int, bytes]]:
+        """(stream, data) records from `offset` (a record boundary: 0 or a past `logged`); with `follow`, until
+        the command has exited."""
         with open(self.log_path, "rb") as log:
+            log.seek(offset)
             while True:
                 header = log.read(_HEADER.size)
                 if len(header) == _HEADER.size:
