@@ -67,6 +67,8 @@ class BoxliteBackend(Backend):
 
     def __init__(self, home_dir: str | None = None, state_dir: str | None = None):
         self.rest_url = os.environ.get("BOXLITE_REST_URL") or None
+        self._api_key = os.environ.get("BOXLITE_API_KEY") or None  # for the SDK only: never into a box
+        self.path_prefix = os.environ.get("BOXLITE_REST_PATH_PREFIX") or None
         self.home_dir = home_dir or os.environ.get("BOXLITE_HOME") or os.path.expanduser("~/.boxlite")
         self.state_dir = state_dir or default_state_dir(self.name, "METAFLOW_SANDBOX_BOXLITE_STATE_DIR")
         if self.rest_url:
@@ -113,7 +115,10 @@ class BoxliteBackend(Backend):
         self._options(spec)
 
     def _options(self, spec: SandboxSpec) -> Any:
-        """The `BoxOptions` for `spec`, or `ConfigError` naming the fix."""
+        return sdk().BoxOptions(**self.plan(spec))
+
+    def plan(self, spec: SandboxSpec) -> dict[str, Any]:
+        """The `BoxOptions` arguments for `spec`, or `ConfigError` naming the fix."""
         boxlite = sdk()
         if spec.gpu:
             raise ConfigError(f"gpu={spec.gpu}: boxlite VMs have no GPUs. Remove gpu= or use another backend.")
@@ -149,7 +154,7 @@ class BoxliteBackend(Backend):
             options["volumes"] = [(m.host_path, m.sandbox_path, m.read_only) for m in spec.mounts]
             # The standard preset (jailer + seccomp); never an empty SecurityOptions(), which turns all off.
             options["advanced"] = boxlite.AdvancedBoxOptions(security=boxlite.SecurityOptions.standard())
-        return boxlite.BoxOptions(**{k: v for k, v in options.items() if v is not None})
+        return {key: value for key, value in options.items() if value is not None}
 
     def _allow(self, endpoints: tuple[str, ...]) -> list[str]:
         """host:port endpoints as boxlite allow-list entries (hosts only; loopback → the host alias)."""
@@ -164,17 +169,15 @@ class BoxliteBackend(Backend):
 
     async def runtime(self) -> Any:
         """This process's runtime for this backend's home or server (made on core's loop, closed at exit)."""
-        key = self.rest_url or self.home_dir
+        key = repr((self.rest_url, self._api_key, self.path_prefix)) if self.rest_url else self.home_dir
         runtime = _runtimes.get(key)
         if runtime is None:
             boxlite = sdk()
             try:
                 if self.rest_url:
-                    credential = os.environ.get("BOXLITE_API_KEY")
+                    key_credential = boxlite.ApiKeyCredential(self._api_key) if self._api_key else None
                     runtime = boxlite.Boxlite.rest(boxlite.BoxliteRestOptions(
-                        url=self.rest_url,
-                        credential=boxlite.ApiKeyCredential(credential) if credential else None,
-                        path_prefix=os.environ.get("BOXLITE_REST_PATH_PREFIX") or None,
+                        url=self.rest_url, credential=key_credential, path_prefix=self.path_prefix
                     ))
                 else:
                     runtime = boxlite.Boxlite(boxlite.Options(home_dir=self.home_dir))

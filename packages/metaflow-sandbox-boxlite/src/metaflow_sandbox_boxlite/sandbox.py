@@ -61,15 +61,20 @@ class BoxliteSandbox(Sandbox):
 
             try:
                 await asyncio.gather(pump("stdout", execution.stdout()), pump("stderr", execution.stderr()))
-                return exit_status((await execution.wait()).exit_code)
+                result = await execution.wait()
+                problem = getattr(result, "error_message", None)  # the SDK lost the execution's stream
+                if problem is None:
+                    return exit_status(result.exit_code)
+                failure: Exception = SandboxError(problem)
             except Exception as error:
-                if self.destroyed:
-                    return KILLED
-                if await self._gone():
-                    self._lost = True
-                    log.warning("boxlite box %s disappeared while its command ran (exit 137).", self.id)
-                    return KILLED
-                raise translate(error, "follow a command", f"box {self.id}") from error
+                failure = error
+            if self.destroyed:
+                return KILLED
+            if await self._gone():
+                self._lost = True
+                log.warning("boxlite box %s disappeared while its command ran (exit 137).", self.id)
+                return KILLED
+            raise translate(failure, "follow a command", f"box {self.id}") from failure
 
         async def kill() -> None:
             for execution in running:

@@ -31,8 +31,6 @@ def is_not_found(error: BaseException) -> bool:
 
 def translate(error: BaseException, action: str, where: str) -> SandboxError:
     """A boxlite SDK exception as a typed error naming what failed (`action`) and where (`where`)."""
-    if isinstance(error, SandboxError):
-        return error
     kind = type(error).__name__
     text = str(error).strip().splitlines()[0] if str(error).strip() else kind
     message = f"boxlite could not {action} ({where}): {text}"

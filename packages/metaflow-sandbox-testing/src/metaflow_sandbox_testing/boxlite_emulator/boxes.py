@@ -23,7 +23,7 @@ from typing import Any
 from ..daytona_emulator.image import Image
 
 STDOUT, STDERR = 1, 2
-#: Longest piece of a line sent as one frame (one item of the SDK's output stream).
+#: Largest frame (one pipe read; one item of the SDK's output stream).
 MAX_FRAME = 64 * 1024
 QUEUE_FRAMES = 256
 #: After a process exits, how long pipes held open by what it left behind are still read.
@@ -67,6 +67,18 @@ _PRCTL = _prctl()
 def _die_with_emulator() -> None:
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a crashed emulator leaves no process behind
+
+
+def _utf8_boundary(data: bytes) -> int:
+    """How much of `data` ends on a character boundary (an incomplete trailing UTF-8 sequence is held back)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)
+        if byte >= 0xC0:  # a lead byte: complete when its sequence is
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)
 
 
 class Execution:
@@ -113,17 +125,16 @@ class Execution:
         await self.frames.put(self.exit_code)
 
     async def _pump(self, reader: asyncio.StreamReader, channel: int) -> None:
+        """One frame per pipe read (as a guest agent forwards them), never ending inside a UTF-8 character:
+        the SDK decodes each frame on its own."""
         pending = b""
         while True:
             chunk = await reader.read(MAX_FRAME)
             if not chunk:
                 break
             pending += chunk
-            while True:
-                end = pending.find(b"\n")
-                if end < 0 and len(pending) < MAX_FRAME:
-                    break
-                cut = end + 1 if 0 <= end < MAX_FRAME else MAX_FRAME
+            cut = _utf8_boundary(pending)
+            if cut:
                 await self._emit(channel, pending[:cut])
                 pending = pending[cut:]
         if pending:
