@@ -17,6 +17,7 @@ PACKAGES = {
     "relay": "packages/metaflow-sandbox-relay",
     "bubblewrap": "packages/metaflow-sandbox-bubblewrap",
     "daytona": "packages/metaflow-sandbox-daytona",
+    "boxlite": "packages/metaflow-sandbox-boxlite",
     "testing": "packages/metaflow-sandbox-testing",
     "extension": "packages/metaflow-sandbox",
 }
@@ -27,7 +28,8 @@ NEEDS = {
     "relay": ["relay"],
     "bubblewrap": ["core", "testing", "bubblewrap"],
     "daytona": ["core", "testing[daytona]", "daytona"],
-    "testing": ["core", "testing[daytona,s3]", "bubblewrap"],
+    "boxlite": ["core", "testing[boxlite]", "boxlite"],
+    "testing": ["core", "testing[daytona,s3,boxlite]", "bubblewrap"],
     "extension": ["core", "runtime", "relay", "extension"],
 }
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
@@ -39,19 +41,22 @@ BACKEND_DATASTORES = [
     ("bubblewrap", "local"),
     ("bubblewrap", "s3"),
     ("daytona", "s3"),  # the real daytona SDK against the emulator (metaflow_sandbox_testing)
+    ("boxlite-remote", "s3"),  # boxlite's REST mode: the real boxlite SDK against the emulator
 ]
 MATRIX = [(b, d, m) for b, d in BACKEND_DATASTORES for m in ("local", "service")]
 #: Integration modules that apply to some rows only; every other tests/test_*.py runs in every row.
 ONLY_IN = {
     "tests/test_s3_datastore.py": lambda backend, datastore, metadata: datastore == "s3",
     "tests/test_daytona_faults.py": lambda backend, datastore, metadata: backend == "daytona",
+    "tests/test_boxlite_faults.py": lambda backend, datastore, metadata: backend == "boxlite-remote",
     # Neither backend, datastore nor metadata matter to these: once, in the first row.
     "tests/test_bad_input.py": lambda *row: row == MATRIX[0],
     "tests/test_packaging.py": lambda *row: row == MATRIX[0],
+    "tests/test_boxlite_local.py": lambda *row: row == MATRIX[0],
 }
 
 #: Every package, with the test kit's emulators and S3 server.
-EVERYTHING = [name for name in PACKAGES if name != "testing"] + ["testing[daytona,s3]"]
+EVERYTHING = [name for name in PACKAGES if name != "testing"] + ["testing[daytona,s3,boxlite]"]
 
 
 def install(session: nox.Session, *names: str, extras: tuple[str, ...] = ()) -> None:

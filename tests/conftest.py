@@ -18,6 +18,8 @@ FLOWS = Path(__file__).parent / "flows"
 METADATA_MODES = tuple(os.environ.get("MFS_TEST_METADATA", "local,service").split(","))
 DATASTORES = tuple(os.environ.get("MFS_TEST_DATASTORE", "local").split(","))
 BACKEND = os.environ.get("MFS_TEST_BACKEND", "bubblewrap")
+#: The backend's registered name ("boxlite-remote": the boxlite backend in REST mode, on the emulator).
+BACKEND_NAME = BACKEND.removesuffix("-remote")
 
 #: The integration matrix selects with these markers (noxfile.py). `metadata`: tests that exercise the
 #: metadata a sandboxed task sends back (replayed into local metadata or a metadata service) and what the
@@ -77,12 +79,15 @@ class Project:
     datastore: str = "local"
     s3: object | None = None  # the S3Server, for the s3 datastore
     daytona: object | None = None  # the DaytonaEmulator, for the daytona backend
+    boxlite: object | None = None  # the BoxliteEmulator, for boxlite's REST mode
 
     def live_sandboxes(self) -> list:
         """What is still running of this project's sandboxes (bubblewrap: its bwrap processes; daytona: the
         emulator's live sandboxes)."""
         if self.daytona is not None:
             return list(self.daytona.live_sandboxes())  # type: ignore[attr-defined]
+        if self.boxlite is not None:
+            return list(self.boxlite.live_boxes())  # type: ignore[attr-defined]
         return sandbox_processes(self.sandbox_marker)
 
     @property
@@ -158,7 +163,8 @@ def _base_env(tmp: Path) -> dict[str, str]:
         METAFLOW_USER="tester",
         METAFLOW_SANDBOX_CACHE_DIR=str(tmp / "cache"),
         METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR=str(tmp / "bwrap-state"),
-        METAFLOW_SANDBOX_BACKEND=BACKEND,
+        METAFLOW_SANDBOX_BACKEND=BACKEND_NAME,
+        METAFLOW_SANDBOX_BOXLITE_STATE_DIR=str(tmp / "boxlite-state"),
         # Each test gets its own sandbox host, in its own directory; it goes soon after the test.
         METAFLOW_SANDBOX_HOST_DIR=str(tmp / "host"),
         METAFLOW_SANDBOX_HOST_IDLE="15",
@@ -194,6 +200,15 @@ def daytona_emulator(clean_python):
         yield emulator
 
 
+@pytest.fixture(scope="session")
+def boxlite_emulator(clean_python):
+    """The boxlite REST emulator (driven by the real boxlite SDK); its boxes' python3 has no metaflow."""
+    from metaflow_sandbox_testing.boxlite_emulator import BoxliteEmulator
+
+    with BoxliteEmulator(python=clean_python) as emulator:
+        yield emulator
+
+
 @pytest.fixture(params=[(d, m) for d in DATASTORES for m in METADATA_MODES], ids=lambda p: f"{p[0]}-{p[1]}")
 def project(request, tmp_path) -> Project:
     """A project for each datastore x metadata mode: local files or S3 (a real S3 server), local metadata
@@ -218,6 +233,11 @@ def project(request, tmp_path) -> Project:
             pytest.fail("the daytona backend needs a remote datastore: run it with MFS_TEST_DATASTORE=s3")
         proj.daytona = request.getfixturevalue("daytona_emulator")
         proj.env.update(proj.daytona.env())  # type: ignore[attr-defined]
+    if BACKEND == "boxlite-remote":
+        if datastore != "s3":
+            pytest.fail("boxlite's REST mode needs a remote datastore: run it with MFS_TEST_DATASTORE=s3")
+        proj.boxlite = request.getfixturevalue("boxlite_emulator")
+        proj.env.update(proj.boxlite.env())  # type: ignore[attr-defined]
     if metadata == "service":
         service = shutil.which(
             "metaflow-local-service", path=os.path.dirname(sys.executable)
