@@ -14,7 +14,7 @@ from .conftest import Project, sandbox_processes
 
 pytestmark = pytest.mark.integration
 
-FLOW = '''
+FLOW = """
 from metaflow import FlowSpec, boxlite, step
 
 
@@ -37,7 +37,7 @@ class BoxliteHello(FlowSpec):
 
 if __name__ == "__main__":
     BoxliteHello()
-'''
+"""
 
 
 def test_boxlite_step_runs_or_stops_in_90s_with_one_line(project: Project):
@@ -58,13 +58,17 @@ def test_boxlite_step_runs_or_stops_in_90s_with_one_line(project: Project):
         assert "HELLO-FROM" in output
         return
     assert elapsed < 90, f"the run took {elapsed:.0f} s to stop"
-    lines = [line for line in output.splitlines() if "KVM is present but cannot boot a virtual machine" in line]
+    lines = [
+        line for line in output.splitlines() if "KVM is present but cannot boot a virtual machine" in line
+    ]
     assert len(lines) == 1, output
     for fix in ("hardware virtualization", "BOXLITE_REST_URL", "@bubblewrap"):
         assert fix in lines[0]
     assert "Traceback" not in output
     assert "HELLO-FROM" not in output and "Task is starting" not in output
-    assert sandbox_processes("boxlite-shim") == [] and sandbox_processes("metaflow_sandbox_boxlite.probe") == []
+    assert (
+        sandbox_processes("boxlite-shim") == [] and sandbox_processes("metaflow_sandbox_boxlite.probe") == []
+    )
     assert not [name for name in os.listdir(state) if name.startswith("probe-home-")]
     boxes = os.path.join(env["HOME"], ".boxlite", "boxes")
     assert not os.path.isdir(boxes) or os.listdir(boxes) == []

@@ -38,7 +38,9 @@ def emulator(emulator_server: BoxliteEmulator) -> Iterator[BoxliteEmulator]:
 
 
 @pytest.fixture(scope="session")
-def shared_backend(emulator_server: BoxliteEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BoxliteBackend]:
+def shared_backend(
+    emulator_server: BoxliteEmulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BoxliteBackend]:
     """One remote backend, configured only by the SDK's own variables."""
     patch = pytest.MonkeyPatch()
     for name, value in emulator_server.env().items():

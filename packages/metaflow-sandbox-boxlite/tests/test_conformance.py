@@ -9,7 +9,6 @@ from metaflow_sandbox_boxlite import BoxliteBackend
 from metaflow_sandbox_core import Backend
 from metaflow_sandbox_testing.conformance import BackendConformance
 
-
 #: Measured (tests/test_remote.py::test_sdk_buffers_unread_output): boxlite 0.10.8's REST client reads the
 #: attach WebSocket into a buffer of its own as fast as the server sends, whether or not the stream is read,
 #: so no backend can hold its memory flat. strict: this fails loudly once an SDK release applies backpressure.

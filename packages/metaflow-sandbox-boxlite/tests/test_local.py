@@ -92,7 +92,12 @@ def test_cached_probe_failure_is_one_line_naming_the_fixes(local: BoxliteBackend
         local.check()
     message = str(raised.value)
     assert "\n" not in message and not raised.value.retryable
-    for part in ("KVM is present but cannot boot", "the VM failed to start", "BOXLITE_REST_URL", "@bubblewrap"):
+    for part in (
+        "KVM is present but cannot boot",
+        "the VM failed to start",
+        "BOXLITE_REST_URL",
+        "@bubblewrap",
+    ):
         assert part in message
 
 

@@ -58,7 +58,9 @@ def test_sizes_and_network_reach_the_create_request(
     create(network="datastore")  # nothing to reach: no network at all
     requests = [box["request"] for box in sorted(emulator.live_boxes(), key=lambda b: b["created_at"])]
     assert {k: requests[0][k] for k in ("cpus", "memory_mib", "disk_size_gb")} == {
-        "cpus": 2, "memory_mib": 1024, "disk_size_gb": 2
+        "cpus": 2,
+        "memory_mib": 1024,
+        "disk_size_gb": 2,
     }
     assert requests[0]["network"] == {"mode": "disabled"}
     assert requests[1]["network"] == {"mode": "enabled", "allow_net": ["s3.example.com", "127.0.0.1"]}
@@ -84,7 +86,9 @@ def test_bad_input_is_refused_before_any_box(
     assert emulator.stats()["create_requests"] == before
 
 
-def test_failed_create_is_retryable_and_leaves_nothing(backend: BoxliteBackend, emulator: BoxliteEmulator) -> None:
+def test_failed_create_is_retryable_and_leaves_nothing(
+    backend: BoxliteBackend, emulator: BoxliteEmulator
+) -> None:
     emulator.faults(fail_creates=1, fail_status=503)
     with pytest.raises(UnavailableError, match="emulated failure") as raised:
         backend.create(SandboxSpec())
@@ -93,7 +97,9 @@ def test_failed_create_is_retryable_and_leaves_nothing(backend: BoxliteBackend, 
     backend.create(SandboxSpec()).destroy()  # the next one works
 
 
-def test_rejected_key_is_an_auth_error(emulator: BoxliteEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_rejected_key_is_an_auth_error(
+    emulator: BoxliteEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
     for name, value in emulator.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("BOXLITE_API_KEY", "wrong")
@@ -103,7 +109,7 @@ def test_rejected_key_is_an_auth_error(emulator: BoxliteEmulator, monkeypatch: p
 
 def test_unreachable_server_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("BOXLITE_REST_URL", "http://127.0.0.1:9")  # discard: nothing listens
-    with pytest.raises(SandboxError, match="127.0.0.1:9"):
+    with pytest.raises(SandboxError, match=r"127\.0\.0\.1:9"):
         BoxliteBackend(state_dir=str(tmp_path)).create(SandboxSpec())
 
 

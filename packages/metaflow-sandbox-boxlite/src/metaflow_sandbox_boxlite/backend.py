@@ -61,7 +61,10 @@ class BoxliteBackend(Backend):
 
     name: ClassVar[str] = "boxlite"
     capabilities = Capabilities(
-        isolation=Isolation.MICROVM, local=True, can_mount=True, network_policies=POLICIES,
+        isolation=Isolation.MICROVM,
+        local=True,
+        can_mount=True,
+        network_policies=POLICIES,
         max_concurrent_creates=4,
     )
 
@@ -78,7 +81,9 @@ class BoxliteBackend(Backend):
 
     @property
     def where(self) -> str:
-        return f"boxlite server {self.rest_url}" if self.rest_url else f"local boxlite runtime {self.home_dir}"
+        return (
+            f"boxlite server {self.rest_url}" if self.rest_url else f"local boxlite runtime {self.home_dir}"
+        )
 
     # -- set-up -----------------------------------------------------------------------------------------
 
@@ -121,7 +126,9 @@ class BoxliteBackend(Backend):
         """The `BoxOptions` arguments for `spec`, or `ConfigError` naming the fix."""
         boxlite = sdk()
         if spec.gpu:
-            raise ConfigError(f"gpu={spec.gpu}: boxlite VMs have no GPUs. Remove gpu= or use another backend.")
+            raise ConfigError(
+                f"gpu={spec.gpu}: boxlite VMs have no GPUs. Remove gpu= or use another backend."
+            )
         if spec.mounts and self.rest_url:
             raise ConfigError(
                 f"mounts: boxes on {self.where} cannot see this machine's files. Use an S3 datastore "
@@ -137,7 +144,9 @@ class BoxliteBackend(Backend):
                 )
             source = {"rootfs_path": os.path.abspath(image) if not self.rest_url else image}
         outbound = boxlite.OutboundNetworkSpec(mode="enabled")
-        if spec.network is NetworkPolicy.NONE or (spec.network is NetworkPolicy.DATASTORE and not spec.network_allow):
+        if spec.network is NetworkPolicy.NONE or (
+            spec.network is NetworkPolicy.DATASTORE and not spec.network_allow
+        ):
             outbound = boxlite.OutboundNetworkSpec(mode="disabled")
         elif spec.network is NetworkPolicy.DATASTORE:
             outbound = boxlite.OutboundNetworkSpec(mode="enabled", allow_net=self._allow(spec.network_allow))
@@ -176,9 +185,11 @@ class BoxliteBackend(Backend):
             try:
                 if self.rest_url:
                     key_credential = boxlite.ApiKeyCredential(self._api_key) if self._api_key else None
-                    runtime = boxlite.Boxlite.rest(boxlite.BoxliteRestOptions(
-                        url=self.rest_url, credential=key_credential, path_prefix=self.path_prefix
-                    ))
+                    runtime = boxlite.Boxlite.rest(
+                        boxlite.BoxliteRestOptions(
+                            url=self.rest_url, credential=key_credential, path_prefix=self.path_prefix
+                        )
+                    )
                 else:
                     runtime = boxlite.Boxlite(boxlite.Options(home_dir=self.home_dir))
             except Exception as error:
@@ -216,7 +227,9 @@ class BoxliteBackend(Backend):
         except Exception as error:
             raise translate(error, "create a box", self.where) from error
         if code != 0 or not home.startswith("/"):
-            raise UnavailableError(f"boxlite box {box.id} did not start a shell (exit {code}); it was removed.")
+            raise UnavailableError(
+                f"boxlite box {box.id} did not start a shell (exit {code}); it was removed."
+            )
         return box, home.rstrip("/") or "/root"
 
     async def _remove(self, box_id: str) -> None:

@@ -41,34 +41,53 @@ def write_layout(rootfs: str, layout: str, *, cmd: list[str] | None = None) -> s
             for name in sorted(os.listdir(rootfs)):
                 archive.add(os.path.join(rootfs, name), arcname=name)
         plain.seek(0)
-        diff_id, compressed = hashlib.sha256(), tempfile.TemporaryFile()
-        with compressed, gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0) as packed:
-            for chunk in iter(lambda: plain.read(1 << 20), b""):
-                diff_id.update(chunk)
-                packed.write(chunk)
-            packed.close()
+        diff_id = hashlib.sha256()
+        with tempfile.TemporaryFile() as compressed:
+            with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0) as packed:
+                for chunk in iter(lambda: plain.read(1 << 20), b""):
+                    diff_id.update(chunk)
+                    packed.write(chunk)
             compressed.seek(0)
             layer_digest, layer_size = _blob(layout, compressed.read())
     arch = ARCHITECTURES.get(platform.machine(), platform.machine())
     config = {
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                   "Cmd": cmd or ["/bin/sh"]},
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": cmd or ["/bin/sh"],
+        },
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id.hexdigest()}"]},
     }
     config_digest, config_size = _blob(layout, json.dumps(config).encode())
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
-                   "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest,
-                    "size": layer_size}],
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest,
+                "size": layer_size,
+            }
+        ],
     }
     manifest_digest, manifest_size = _blob(layout, json.dumps(manifest).encode())
-    index = {"schemaVersion": 2, "manifests": [{"mediaType": MANIFEST, "digest": manifest_digest,
-             "size": manifest_size, "platform": {"architecture": arch, "os": "linux"}}]}
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": MANIFEST,
+                "digest": manifest_digest,
+                "size": manifest_size,
+                "platform": {"architecture": arch, "os": "linux"},
+            }
+        ],
+    }
     with open(os.path.join(layout, "index.json"), "w") as out:
         json.dump(index, out)
     with open(os.path.join(layout, "oci-layout"), "w") as out:

@@ -78,7 +78,10 @@ def _run_probe(state_dir: str, timeout: float) -> str | None:
         image = _probe_image(state_dir)
         child = subprocess.Popen(
             [sys.executable, "-m", "metaflow_sandbox_boxlite.probe", home, image],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             out, _ = child.communicate(timeout=timeout)
@@ -126,7 +129,9 @@ async def _boot(home: str, image: str) -> str | None:
 
     runtime = boxlite.Boxlite(boxlite.Options(home_dir=home))
     options = boxlite.BoxOptions(
-        rootfs_path=image, cpus=1, memory_mib=256,
+        rootfs_path=image,
+        cpus=1,
+        memory_mib=256,
         network=boxlite.NetworkSpec(outbound=boxlite.OutboundNetworkSpec(mode="disabled")),
         advanced=boxlite.AdvancedBoxOptions(security=boxlite.SecurityOptions.standard()),
     )

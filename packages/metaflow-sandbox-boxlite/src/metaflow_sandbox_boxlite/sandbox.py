@@ -39,7 +39,9 @@ class BoxliteSandbox(Sandbox):
 
     def _check_alive(self, doing: str) -> None:
         if self._lost:
-            raise SandboxError(f"boxlite box {self.id} no longer exists (removed, or it died); cannot {doing}.")
+            raise SandboxError(
+                f"boxlite box {self.id} no longer exists (removed, or it died); cannot {doing}."
+            )
 
     # -- commands ---------------------------------------------------------------------------------------
 

@@ -7,8 +7,13 @@ from types import ModuleType
 from metaflow_sandbox_core import AuthError, ConfigError, SandboxError, UnavailableError, install_hint
 
 #: boxlite errors that may pass: the service or the host is busy or unreachable for now.
-TRANSIENT = ("UpstreamUnavailableError", "ResourceExhaustedError", "NetworkError", "TimeoutError",
-             "SessionReapedError")
+TRANSIENT = (
+    "UpstreamUnavailableError",
+    "ResourceExhaustedError",
+    "NetworkError",
+    "TimeoutError",
+    "SessionReapedError",
+)
 #: boxlite errors caused by the request (an image, an option): retrying cannot help.
 REQUEST = ("InvalidArgumentError", "UnsupportedError", "ImageError", "AlreadyExistsError")
 

@@ -32,8 +32,15 @@ def main(argv: list[str] | None = None) -> int:
 
     faults = json.loads(args.faults) if args.faults else None
     asyncio.run(
-        serve(host=args.host, port=args.port, api_key=args.api_key, prefix=args.prefix, python=args.python,
-              faults=faults, on_ready=ready)
+        serve(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            prefix=args.prefix,
+            python=args.python,
+            faults=faults,
+            on_ready=ready,
+        )
     )
     return 0
 

@@ -26,8 +26,28 @@ log = logging.getLogger("metaflow_sandbox_testing.boxlite_emulator")
 BOX_PATH = re.compile(r"^/v1(?:/(?P<prefix>.+?))?/boxes(?:/(?P<box>[^/]+)(?:/(?P<rest>.+))?)?/?$")
 #: CreateBoxRequest's properties (`additionalProperties: false`: anything else is a 400).
 CREATE_FIELDS = frozenset(
-    "advanced name image rootfs_path cpus memory_mib disk_size_gb working_dir env entrypoint cmd user volumes "
-    "network secrets detach tty auto_stop auto_delete auto_resume".split()
+    [
+        "advanced",
+        "name",
+        "image",
+        "rootfs_path",
+        "cpus",
+        "memory_mib",
+        "disk_size_gb",
+        "working_dir",
+        "env",
+        "entrypoint",
+        "cmd",
+        "user",
+        "volumes",
+        "network",
+        "secrets",
+        "detach",
+        "tty",
+        "auto_stop",
+        "auto_delete",
+        "auto_resume",
+    ]
 )
 #: The server pings the attached client this often (the SDK gives up without a frame for 10 s).
 PING_SECONDS = 5.0
@@ -54,8 +74,14 @@ class Api:
             if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 raise ApiError(401, "invalid or missing API key", "AuthError", "unauthenticated")
             if request.path == "/v1/me" and request.method == "GET":
-                return web.json_response({"sub": "emulator", "principal_type": "service_account",
-                                          "path_prefix": self.prefix, "scopes": ["box:read", "box:write"]})
+                return web.json_response(
+                    {
+                        "sub": "emulator",
+                        "principal_type": "service_account",
+                        "path_prefix": self.prefix,
+                        "scopes": ["box:read", "box:write"],
+                    }
+                )
             match = BOX_PATH.match(request.path)
             if match is None or (match["prefix"] or None) != self.prefix:
                 raise not_found(f"route {request.method} {request.path}")
@@ -63,7 +89,9 @@ class Api:
         except ApiError as error:
             return error_response(error)
 
-    async def route(self, request: web.Request, body: bytes, box_id: str | None, rest: str | None) -> web.StreamResponse:
+    async def route(
+        self, request: web.Request, body: bytes, box_id: str | None, rest: str | None
+    ) -> web.StreamResponse:
         method, registry = request.method, self.registry
         if box_id is None:
             if method == "POST":
@@ -78,11 +106,17 @@ class Api:
             if method == "HEAD":
                 return web.Response(status=204)
             if method == "DELETE":
-                if box.status == "running" and request.query.get("force") != "true" and any(
-                    e.running for e in box.executions.values()
+                if (
+                    box.status == "running"
+                    and request.query.get("force") != "true"
+                    and any(e.running for e in box.executions.values())
                 ):
-                    raise ApiError(409, "invalid state: box is running (use force=true)", "InvalidStateError",
-                                   "invalid_state")
+                    raise ApiError(
+                        409,
+                        "invalid state: box is running (use force=true)",
+                        "InvalidStateError",
+                        "invalid_state",
+                    )
                 registry.remove(box)
                 return web.Response(status=204)
         elif rest in ("start", "stop") and method == "POST":
@@ -107,9 +141,13 @@ class Api:
             faults.fail_creates -= 1
             registry.stats["creates_failed_by_fault"] += 1
             headers = {"Retry-After": f"{faults.retry_after:g}"} if faults.retry_after is not None else {}
-            raise ApiError(faults.fail_status, "emulated failure: no capacity to create a box",
-                           "ResourceExhaustedError" if faults.fail_status == 429 else "UpstreamUnavailableError",
-                           "resource_exhausted" if faults.fail_status == 429 else "upstream_unavailable", headers)
+            raise ApiError(
+                faults.fail_status,
+                "emulated failure: no capacity to create a box",
+                "ResourceExhaustedError" if faults.fail_status == 429 else "UpstreamUnavailableError",
+                "resource_exhausted" if faults.fail_status == 429 else "upstream_unavailable",
+                headers,
+            )
         options = _json(body)
         unknown = sorted(set(options) - CREATE_FIELDS)
         if unknown:
@@ -131,8 +169,12 @@ class Api:
         faults = self.registry.faults
         if faults.fail_files > 0:
             faults.fail_files -= 1
-            raise ApiError(503, "emulated failure: file transfer unavailable", "UpstreamUnavailableError",
-                           "upstream_unavailable")
+            raise ApiError(
+                503,
+                "emulated failure: file transfer unavailable",
+                "UpstreamUnavailableError",
+                "upstream_unavailable",
+            )
         path = request.query.get("path")
         if not path:
             raise bad_request("path is required")
@@ -164,8 +206,9 @@ class Api:
 
     async def attach(self, request: web.Request, execution: Any) -> web.StreamResponse:
         if execution.attached:
-            raise ApiError(409, "another client is attached to this execution", "InvalidStateError",
-                           "invalid_state")
+            raise ApiError(
+                409, "another client is attached to this execution", "InvalidStateError", "invalid_state"
+            )
         socket = web.WebSocketResponse(heartbeat=PING_SECONDS, max_msg_size=0)
         await socket.prepare(request)
         execution.attached = True
@@ -189,7 +232,7 @@ class Api:
             execution.attached = False
 
     async def admin(self, request: web.Request, body: bytes) -> web.Response:
-        registry, path, method = self.registry, request.path[len("/_emulator/"):], request.method
+        registry, path, method = self.registry, request.path[len("/_emulator/") :], request.method
         if path == "faults":
             if method == "DELETE":
                 registry.faults.update({"reset": True})
@@ -202,11 +245,17 @@ class Api:
         if path == "stats":
             return web.json_response(registry.stats)
         if path == "boxes" and method == "GET":
-            return web.json_response([
-                {**box.to_json(), "request": box.request, "root": box.root,
-                 "running_executions": sum(e.running for e in box.executions.values())}
-                for box in registry.boxes.values()
-            ])
+            return web.json_response(
+                [
+                    {
+                        **box.to_json(),
+                        "request": box.request,
+                        "root": box.root,
+                        "running_executions": sum(e.running for e in box.executions.values()),
+                    }
+                    for box in registry.boxes.values()
+                ]
+            )
         parts = path.split("/")
         if len(parts) == 3 and parts[0] == "boxes" and parts[2] == "kill" and method == "POST":
             registry.remove(registry.find(parts[1]))
@@ -218,9 +267,16 @@ CONFIG = {
     "defaults": {"cpus": 2, "memory_mib": 512, "disk_size_gb": 10, "auto_delete": 0},
     "overrides": {},
     "capabilities": {
-        "max_cpus": 32, "max_memory_mib": 65536, "max_disk_size_gb": 100, "tty_enabled": False,
-        "streaming_enabled": True, "snapshots_enabled": False, "clone_enabled": False, "export_enabled": False,
-        "linux_capabilities_enabled": False, "idempotency_key_lifetime": "PT24H",
+        "max_cpus": 32,
+        "max_memory_mib": 65536,
+        "max_disk_size_gb": 100,
+        "tty_enabled": False,
+        "streaming_enabled": True,
+        "snapshots_enabled": False,
+        "clone_enabled": False,
+        "export_enabled": False,
+        "linux_capabilities_enabled": False,
+        "idempotency_key_lifetime": "PT24H",
     },
 }
 

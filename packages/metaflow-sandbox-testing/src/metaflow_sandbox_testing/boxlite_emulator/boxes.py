@@ -33,7 +33,9 @@ PIPE_GRACE = 2.0
 class ApiError(Exception):
     """An error answered with boxlite's envelope `{"error": {"message", "type", "code"}}`."""
 
-    def __init__(self, status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.kind, self.code = status, message, kind, code
         self.headers = headers or {}
@@ -94,22 +96,34 @@ class Execution:
         self.process: asyncio.subprocess.Process | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"execution_id": self.id, "status": self.status, "exit_code": self.exit_code,
-                "started_at": self.started_at}
+        return {
+            "execution_id": self.id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "started_at": self.started_at,
+        }
 
     async def start(self, env: dict[str, str], cwd: str) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            self.request["command"], *self.request.get("args") or [],
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd=cwd, env=env, start_new_session=True, preexec_fn=_die_with_emulator,
+            self.request["command"],
+            *self.request.get("args") or [],
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_emulator,
         )
-        asyncio.ensure_future(self._supervise(self.request.get("timeout_seconds")))
+        self._supervisor = asyncio.ensure_future(self._supervise(self.request.get("timeout_seconds")))
 
     async def _supervise(self, timeout: float | None) -> None:
         process = self.process
         assert process is not None and process.stdout is not None and process.stderr is not None
-        pumps = [asyncio.ensure_future(self._pump(process.stdout, STDOUT)),
-                 asyncio.ensure_future(self._pump(process.stderr, STDERR))]
+        pumps = [
+            asyncio.ensure_future(self._pump(process.stdout, STDOUT)),
+            asyncio.ensure_future(self._pump(process.stderr, STDERR)),
+        ]
         try:
             returncode = await asyncio.wait_for(process.wait(), timeout)
         except asyncio.TimeoutError:
@@ -172,10 +186,18 @@ class Box:
     def to_json(self) -> dict[str, Any]:
         request = self.request
         return {
-            "box_id": self.id, "name": self.name, "status": self.status, "created_at": self.created_at,
-            "updated_at": self.updated_at, "pid": None, "image": request.get("image") or "alpine:latest",
-            "cpus": request.get("cpus") or 2, "memory_mib": request.get("memory_mib") or 512, "labels": {},
-            "auto_stop": request.get("auto_stop", 900), "auto_delete": request.get("auto_delete", 0),
+            "box_id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "pid": None,
+            "image": request.get("image") or "alpine:latest",
+            "cpus": request.get("cpus") or 2,
+            "memory_mib": request.get("memory_mib") or 512,
+            "labels": {},
+            "auto_stop": request.get("auto_stop", 900),
+            "auto_delete": request.get("auto_delete", 0),
             "auto_resume": request.get("auto_resume", True),
         }
 
@@ -220,23 +242,23 @@ class Box:
     def put_tar(self, path: str, data: bytes, single_file: bool) -> None:
         target = self.resolve(path)
         try:
-            archive = tarfile.open(fileobj=io.BytesIO(data))
-            members = archive.getmembers()
+            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+                members = archive.getmembers()
+                for member in members:
+                    if member.name.startswith("/") or ".." in member.name.split("/"):
+                        raise bad_request(f"tar entry {member.name!r} leaves the destination")
+                files = [m for m in members if m.isfile()]
+                if single_file and len(files) == 1 and len(members) == 1:  # a file, named by `path`
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    source = archive.extractfile(files[0])
+                    assert source is not None
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(source, out)
+                    return
+                os.makedirs(target, exist_ok=True)
+                archive.extractall(target, filter="data")
         except tarfile.TarError as error:
             raise bad_request(f"body is not a tar archive: {error}") from None
-        for member in members:
-            if member.name.startswith("/") or ".." in member.name.split("/"):
-                raise bad_request(f"tar entry {member.name!r} leaves the destination")
-        files = [m for m in members if m.isfile()]
-        if single_file and len(files) == 1 and len(members) == 1:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            source = archive.extractfile(files[0])
-            assert source is not None
-            with open(target, "wb") as out:
-                shutil.copyfileobj(source, out)
-            return
-        os.makedirs(target, exist_ok=True)
-        archive.extractall(target, filter="data")
 
     def get_tar(self, path: str) -> bytes:
         source = self.resolve(path)
@@ -256,8 +278,14 @@ class Registry:
         self.image = image
         self.faults = faults
         self.boxes: dict[str, Box] = {}
-        self.stats = {"create_requests": 0, "boxes_created": 0, "boxes_removed": 0, "executions": 0,
-                      "creates_failed_by_fault": 0, "boxes_killed_by_fault": 0}
+        self.stats = {
+            "create_requests": 0,
+            "boxes_created": 0,
+            "boxes_removed": 0,
+            "executions": 0,
+            "creates_failed_by_fault": 0,
+            "boxes_killed_by_fault": 0,
+        }
         self.on_kill: Callable[[Box], None] | None = None
 
     def find(self, box_id: str) -> Box:
@@ -283,11 +311,11 @@ class Registry:
 
     def saw_output(self, box: Box, data: bytes) -> None:
         faults = self.faults
-        if faults.kill_on_marker and faults.kill_marker and faults.kill_marker.encode() in data:
-            if box.id in self.boxes:
-                faults.kill_on_marker -= 1
-                self.stats["boxes_killed_by_fault"] += 1
-                self.remove(box)
+        marked = faults.kill_on_marker and faults.kill_marker and faults.kill_marker.encode() in data
+        if marked and box.id in self.boxes:
+            faults.kill_on_marker -= 1
+            self.stats["boxes_killed_by_fault"] += 1
+            self.remove(box)
 
     def remove_all(self) -> None:
         for box in list(self.boxes.values()):

@@ -39,9 +39,10 @@ class Faults:
             if name == "kill_marker":
                 if value is not None and (not isinstance(value, str) or not value):
                     raise ValueError("kill_marker must be a non-empty string (or null)")
-            elif value is not None or name not in ("retry_after", "drop_attach_after_frames"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                    raise ValueError(f"{name}={value!r} must be a number >= 0")
+            elif (value is not None or name not in ("retry_after", "drop_attach_after_frames")) and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+            ):
+                raise ValueError(f"{name}={value!r} must be a number >= 0")
         candidate = Faults(**{**asdict(start), **changes})
         if candidate.kill_on_marker and not candidate.kill_marker:
             raise ValueError("kill_on_marker needs kill_marker (the text that kills its box)")

@@ -1,10 +1,10 @@
 """`BoxliteEmulator`: the emulator as a child process, driven from tests (standard library only).
 
-    with BoxliteEmulator(python="/path/to/clean/venv/bin/python") as boxlite:
-        os.environ.update(boxlite.env())       # BOXLITE_REST_URL, BOXLITE_API_KEY
-        boxlite.faults(fail_creates=1, fail_status=503)
-        ...
-        assert boxlite.live_boxes() == []
+with BoxliteEmulator(python="/path/to/clean/venv/bin/python") as boxlite:
+    os.environ.update(boxlite.env())       # BOXLITE_REST_URL, BOXLITE_API_KEY
+    boxlite.faults(fail_creates=1, fail_status=503)
+    ...
+    assert boxlite.live_boxes() == []
 """
 
 from __future__ import annotations
@@ -51,15 +51,29 @@ class BoxliteEmulator:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BoxliteEmulator:
-        command = [sys.executable, "-m", "metaflow_sandbox_testing.boxlite_emulator", "--port", str(self.port)]
-        for flag, value in (("--api-key", self.api_key), ("--prefix", self.prefix), ("--python", self.python)):
+        command = [
+            sys.executable,
+            "-m",
+            "metaflow_sandbox_testing.boxlite_emulator",
+            "--port",
+            str(self.port),
+        ]
+        for flag, value in (
+            ("--api-key", self.api_key),
+            ("--prefix", self.prefix),
+            ("--python", self.python),
+        ):
             if value is not None:
                 command += [flag, value]
         if self.initial_faults:
             command += ["--faults", json.dumps(self.initial_faults)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOXLITE_")}
         self._process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
             preexec_fn=_preexec(),
         )
         assert self._process.stdout is not None
@@ -114,7 +128,10 @@ class BoxliteEmulator:
     def _admin(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            f"{self.url}/_emulator/{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+            f"{self.url}/_emulator/{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -131,7 +148,9 @@ class BoxliteEmulator:
 
     def faults(self, **knobs: Any) -> dict[str, Any]:
         """Change fault knobs (see `faults.Faults`) and return them all; no arguments: just read."""
-        result: dict[str, Any] = self._admin("POST", "faults", knobs) if knobs else self._admin("GET", "faults")
+        result: dict[str, Any] = (
+            self._admin("POST", "faults", knobs) if knobs else self._admin("GET", "faults")
+        )
         return result
 
     def reset_faults(self) -> dict[str, Any]:

@@ -337,7 +337,9 @@ class SandboxDecorator(StepDecorator):
         metadata_type = cli_args.top_level_options.get("metadata") or "local"
         # The interpreter inside: the launcher's own where the backend can mount it and shares this machine's
         # root filesystem, else the image's python3 (a micro-VM boots its image's userland).
-        default_python = sys.executable if self.backend_can_mount and not getattr(self, "backend_vm", False) else "python3"
+        default_python = (
+            sys.executable if self.backend_can_mount and not getattr(self, "backend_vm", False) else "python3"
+        )
         python = options.options.get("python") or _config("SANDBOX_PYTHON") or default_python
         cache_dir = _config("SANDBOX_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".cache", "metaflow-sandbox"
