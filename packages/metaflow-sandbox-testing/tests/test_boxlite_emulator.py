@@ -102,6 +102,7 @@ def test_files_as_tar_only_inside_the_box(emulator: BoxliteEmulator) -> None:
     base = f"/v1/{PREFIX}/boxes/{box['box_id']}/files?path="
     assert http(emulator, "PUT", base + home, archive.getvalue())[0] == 204
     status, raw = http(emulator, "GET", base + f"{home}/a/b.txt")
+    assert status == 200
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         assert tar.extractfile("b.txt").read() == b"abc"  # type: ignore[union-attr]
     assert http(emulator, "PUT", base + "/tmp/x", archive.getvalue())[0] == 400  # outside the box's disk
