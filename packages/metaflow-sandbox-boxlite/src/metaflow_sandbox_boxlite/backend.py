@@ -73,7 +73,9 @@ class BoxliteBackend(Backend):
         self._api_key = os.environ.get("BOXLITE_API_KEY") or None  # for the SDK only: never into a box
         self.path_prefix = os.environ.get("BOXLITE_REST_PATH_PREFIX") or None
         self.home_dir = home_dir or os.environ.get("BOXLITE_HOME") or os.path.expanduser("~/.boxlite")
-        self.state_dir = state_dir or default_state_dir(self.name, "METAFLOW_SANDBOX_BOXLITE_STATE_DIR")
+        self.state_dir = self.own_dir = state_dir or default_state_dir(
+            self.name, "METAFLOW_SANDBOX_BOXLITE_STATE_DIR"
+        )
         if self.rest_url:
             self.capabilities = dataclasses.replace(
                 self.capabilities, local=False, can_mount=False, max_concurrent_creates=None
@@ -100,12 +102,12 @@ class BoxliteBackend(Backend):
                 retryable=False,
             )
         timeout = float(os.environ.get(PROBE_TIMEOUT_ENV) or DEFAULT_TIMEOUT)
-        problem = boot_problem(self.state_dir, getattr(boxlite, "__version__", "?"), timeout)
+        problem = boot_problem(self.own_dir, getattr(boxlite, "__version__", "?"), timeout)
         if problem is not None:
             raise UnavailableError(
                 f"KVM is present but cannot boot a virtual machine on this host ({problem}). Run on a "
                 "machine with hardware virtualization, set BOXLITE_REST_URL to use a boxlite server, or use "
-                f"@bubblewrap. (Probe cached in {os.path.join(self.state_dir, 'boot-probe.json')}; delete "
+                f"@bubblewrap. (Probe cached in {os.path.join(self.own_dir, 'boot-probe.json')}; delete "
                 "it to probe again.)",
                 retryable=False,
             )
@@ -243,7 +245,7 @@ class BoxliteBackend(Backend):
     # -- labels -----------------------------------------------------------------------------------------
 
     def _label_file(self, key: str) -> str:
-        return os.path.join(self.state_dir, "labels", f"{key}.json")
+        return os.path.join(self.own_dir, "labels", f"{key}.json")
 
     def _remember(self, key: str, labels: Mapping[str, str]) -> None:
         os.makedirs(os.path.dirname(self._label_file(key)), mode=0o700, exist_ok=True)
