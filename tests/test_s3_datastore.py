@@ -29,10 +29,12 @@ def _canary_run(project: Project, **env: str) -> tuple[dict, str]:
     provider = dict(PROVIDER_CANARIES)
     if project.daytona is not None:  # the launcher needs the real key; it is the canary then
         provider["DAYTONA_API_KEY"] = project.env["DAYTONA_API_KEY"]
+    if project.boxlite is not None:
+        provider["BOXLITE_API_KEY"] = project.env["BOXLITE_API_KEY"]
     canaries = [*provider.values(), SECRET_KEY]
-    # The Daytona emulator runs sandboxes as plain local processes: they share the host's /proc and /tmp,
-    # so there only the step's environment, home and working directory are searched. Real sandboxes: all.
-    scan_proc = "False" if project.daytona is not None else "True"
+    # The emulators run sandboxes as plain local processes: they share the host's /proc and /tmp, so there
+    # only the step's environment, home and working directory are searched. Real sandboxes: all.
+    scan_proc = "False" if project.daytona is not None or project.boxlite is not None else "True"
     arguments = ("--canaries", ",".join(canaries), "--scan-proc", scan_proc)
     result = project.run("canary_flow.py", "run", *arguments, **provider, **env)
     data = project.query(

@@ -22,8 +22,8 @@ HOST_MODULE = "metaflow_extensions.sandbox.plugins.sandbox.sandbox_host"
 
 
 def _sandbox_count(project: Project) -> int:
-    """How many sandboxes exist (bubblewrap: sandbox directories; daytona: the emulator's live ones)."""
-    if project.daytona is not None:
+    """How many sandboxes exist (bubblewrap: sandbox directories; daytona, boxlite-remote: the emulator's)."""
+    if project.daytona is not None or project.boxlite is not None:
         return len(project.live_sandboxes())
     state = Path(project.env["METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR"])
     return len(list(state.glob("bwrap-*"))) if state.exists() else 0

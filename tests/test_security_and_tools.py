@@ -19,9 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_untrusted_step_reaches_nothing_it_was_not_given(project: Project):
-    if project.daytona is not None:
+    if project.daytona is not None or project.boxlite is not None:
         pytest.skip(
-            "the Daytona emulator runs sandboxes as local processes and isolates no files; escape canaries apply to real sandboxes"
+            "the Daytona and boxlite emulators run sandboxes as local processes and isolate no files; escape canaries apply to real sandboxes"
         )
     secret = project.root / "credentials.txt"
     secret.write_text("canary-secret")
