@@ -131,3 +131,26 @@ def test_local_box_runs_a_command(local_backend: BoxliteBackend) -> None:
         assert (code, lines) == (0, [b"ok\n"])
     with pytest.raises(SandboxError):
         box.run(["true"])
+
+
+def test_automatic_choice_never_picks_boxlite_when_its_probe_fails(
+    local_probe: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`@sandbox` without a backend: boxlite (MICROVM) is tried first, and passed over with its reason here."""
+    from metaflow_sandbox_core import available_backends, pick_default_backend
+
+    for name in ("BOXLITE_REST_URL", "BOXLITE_API_KEY", "BOXLITE_REST_PATH_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    reason = local_probe()  # type: ignore[operator]
+    assert "boxlite" in available_backends()
+    try:
+        name, _ = pick_default_backend()
+    except ConfigError as error:
+        assert reason is not None and "boxlite: KVM is present but cannot boot" in str(error)
+        return
+    assert (name == "boxlite") == (reason is None)
+
+
+def test_remote_runtime_is_never_chosen_automatically(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOXLITE_REST_URL", "http://127.0.0.1:9")
+    assert not BoxliteBackend().capabilities.local
