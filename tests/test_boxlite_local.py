@@ -6,6 +6,7 @@ process, box or disk left behind."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -72,3 +73,19 @@ def test_boxlite_step_runs_or_stops_in_90s_with_one_line(project: Project):
     assert not [name for name in os.listdir(state) if name.startswith("probe-home-")]
     boxes = os.path.join(env["HOME"], ".boxlite", "boxes")
     assert not os.path.isdir(boxes) or os.listdir(boxes) == []
+
+
+def test_local_datastore_with_an_image_python_lacking_requests(project: Project, tmp_path):
+    """A micro-VM runs its image's python3 (e.g. python:3.12-slim: no `requests`, which metaflow imports) on the
+    local datastore: the launcher offers its client libraries through a read-only mount. bubblewrap with such a
+    Python stands in for the VM here (the same channel and bootstrap code)."""
+    if project.datastore != "local" or project.metadata != "local":
+        pytest.skip("one row is enough: the local datastore with local metadata")
+    from metaflow_sandbox_testing.clean_python import make_clean_python
+
+    stock = make_clean_python(tmp_path / "stock", packages=())
+    assert subprocess.run([stock, "-c", "import requests"], capture_output=True).returncode != 0
+    flow = FLOW.replace("@boxlite", "@bubblewrap").replace(", boxlite,", ", bubblewrap,")
+    (project.root / "boxlite_hello.py").write_text(flow)
+    result = project.run("boxlite_hello.py", "run", METAFLOW_SANDBOX_PYTHON=stock)
+    assert "HELLO-FROM" in result.stdout + result.stderr
