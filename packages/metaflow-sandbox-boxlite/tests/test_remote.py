@@ -149,7 +149,7 @@ def test_list_and_destroy_from_another_process(
     create: Callable[..., BoxliteSandbox], backend: BoxliteBackend, emulator: BoxliteEmulator
 ) -> None:
     mine = create(labels={"metaflow.run": "7", "metaflow.step": "a"})
-    create(labels={"metaflow.run": "8"})
+    other = create(labels={"metaflow.run": "8"})
     script = textwrap.dedent(
         f"""
         from metaflow_sandbox_boxlite import BoxliteBackend
@@ -167,6 +167,9 @@ def test_list_and_destroy_from_another_process(
         box["box_id"] for box in emulator.live_boxes()
     }
     assert [info.id for info in backend.list({"metaflow.run": "7"})] == []
+    emulator.kill_box(other.id)  # gone without destroy(): list() forgets its labels
+    backend.list()
+    assert os.listdir(os.path.join(backend.own_dir, "labels")) == []
 
 
 def test_sdk_buffers_unread_output(create: Callable[..., BoxliteSandbox]) -> None:

@@ -258,6 +258,14 @@ class BoxliteBackend(Backend):
         except FileNotFoundError:
             pass
 
+    def _prune(self, live: set[str]) -> None:
+        """Forget the labels of boxes that no longer exist (creates in flight are still named `mfs-…`)."""
+        directory = os.path.dirname(self._label_file("x"))
+        for entry in os.listdir(directory) if os.path.isdir(directory) else []:
+            key = entry.removesuffix(".json")
+            if key not in live and not key.startswith(NAME_PREFIX):
+                self._forget(key)
+
     def _labels(self, key: str) -> dict[str, str]:
         try:
             with open(self._label_file(key)) as found:
@@ -275,6 +283,7 @@ class BoxliteBackend(Backend):
             infos = call(collect(), timeout=120)
         except Exception as error:
             raise translate(error, "list boxes", self.where) from error
+        self._prune({info.id for info in infos})
         found = []
         for info in infos:
             status = str(getattr(getattr(info, "state", None), "status", "") or "")
