@@ -6,15 +6,18 @@ from __future__ import annotations
 import pytest
 
 from metaflow_sandbox_boxlite import BoxliteBackend
-from metaflow_sandbox_core import Backend
+from metaflow_sandbox_core import Backend, Sandbox
 from metaflow_sandbox_testing.conformance import BackendConformance
 
-#: Measured (tests/test_remote.py::test_sdk_buffers_unread_output): boxlite 0.10.8's REST client reads the
-#: attach WebSocket into a buffer of its own as fast as the server sends, whether or not the stream is read,
-#: so no backend can hold its memory flat. strict: this fails loudly once an SDK release applies backpressure.
+#: boxlite 0.10.8's REST client reads each execution's output into a buffer of its own as fast as the server
+#: sends it, whether or not anyone reads the stream (shown deterministically by
+#: tests/test_remote.py::test_sdk_buffers_unread_output). So the process's memory under 50 MiB of output depends
+#: on how fast the server sends compared with how fast the caller forwards: it stays under the suite's bound
+#: in some runs and not in others. Not strict for that reason; the cause is measured by the test above.
 SDK_BUFFERS = pytest.mark.xfail(
-    strict=True,
-    reason="boxlite 0.10.8's REST client buffers all unread output (not bounded by the backend's reading)",
+    strict=False,
+    reason="boxlite 0.10.8's REST client buffers unread output without bound (test_sdk_buffers_unread_output); "
+    "peak memory then depends on the server's speed",
 )
 
 
@@ -28,8 +31,8 @@ class TestBoxliteRemoteConformance(BackendConformance):
         return {"network": "full"}
 
     @SDK_BUFFERS
-    def test_large_output_is_streamed_without_growing_memory(self, sandbox: object) -> None:
-        super().test_large_output_is_streamed_without_growing_memory(sandbox)  # type: ignore[arg-type]
+    def test_large_output_is_streamed_without_growing_memory(self, sandbox: Sandbox) -> None:
+        super().test_large_output_is_streamed_without_growing_memory(sandbox)
 
 
 class TestBoxliteLocalConformance(BackendConformance):

@@ -142,3 +142,44 @@ def test_real_sdk_streams_apart_and_sees_exit_codes(emulator: BoxliteEmulator) -
 
     out, err, code, gone = run(scenario())
     assert "".join(out) == "o:1:2\né" and err == ["e\n"] and code == 7 and gone
+
+
+def test_a_client_that_leaves_loses_no_output_and_can_reattach(emulator: BoxliteEmulator) -> None:
+    """One attach at a time (409 for a second); the execution goes on when the client leaves, and the next
+    attach gets the rest, then the exit frame."""
+    import aiohttp
+
+    _, box = http(emulator, "POST", f"/v1/{PREFIX}/boxes", {})
+    base = f"{emulator.url}/v1/{PREFIX}/boxes/{box['box_id']}"
+    _, started = http(
+        emulator,
+        "POST",
+        f"/v1/{PREFIX}/boxes/{box['box_id']}/exec",
+        {"command": "sh", "args": ["-c", "for i in 1 2 3 4; do echo $i; sleep 0.2; done; exit 3"]},
+    )
+    attach = f"{base}/executions/{started['execution_id']}/attach"
+    headers = {"Authorization": f"Bearer {emulator.api_key}"}
+
+    async def scenario() -> tuple[bytes, bytes, int, dict[str, Any]]:
+        async with aiohttp.ClientSession(headers=headers) as session:
+            first = await session.ws_connect(attach)
+            try:
+                await session.ws_connect(attach)
+                second = 0
+            except aiohttp.WSServerHandshakeError as error:
+                second = error.status
+            message = await first.receive()
+            await first.close()
+            rest, exit_frame = b"", {}
+            async with session.ws_connect(attach) as again:
+                async for frame in again:
+                    if frame.type == aiohttp.WSMsgType.BINARY:
+                        rest += frame.data[1:]
+                    elif frame.type == aiohttp.WSMsgType.TEXT:
+                        exit_frame = json.loads(frame.data)
+            return message.data, rest, second, exit_frame
+
+    first, rest, second, exit_frame = asyncio.run(scenario())
+    assert second == 409
+    assert first[:1] == b"\x01" and first[1:] + rest == b"1\n2\n3\n4\n"
+    assert exit_frame == {"type": "exit", "exit_code": 3}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -14,10 +13,10 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..daytona_emulator.image import Image
-from .boxes import ApiError, Box, Registry, bad_request, not_found
+from .boxes import ApiError, Box, Execution, Registry, bad_request, not_found
 from .faults import Faults
 
 log = logging.getLogger("metaflow_sandbox_testing.boxlite_emulator")
@@ -131,7 +130,7 @@ class Api:
         elif rest == "files" and method in ("PUT", "GET"):
             return self.files(request, body, box)
         elif rest.startswith("executions/"):
-            return await self.execution(request, box, rest.split("/")[1:])
+            return await self.execution(request, body, box, rest.split("/")[1:])
         raise not_found(f"route {method} {request.path}")
 
     def create(self, request: web.Request, body: bytes) -> web.Response:
@@ -183,7 +182,9 @@ class Api:
             return web.Response(status=204)
         return web.Response(body=box.get_tar(path), content_type="application/x-tar")
 
-    async def execution(self, request: web.Request, box: Box, parts: list[str]) -> web.StreamResponse:
+    async def execution(
+        self, request: web.Request, body: bytes, box: Box, parts: list[str]
+    ) -> web.StreamResponse:
         execution = box.executions.get(parts[0]) if parts else None
         if execution is None:
             raise not_found(f"execution {parts[0] if parts else ''}")
@@ -196,40 +197,56 @@ class Api:
             box.executions.pop(execution.id, None)
             return web.Response(status=204)
         if action == "signal" and request.method == "POST":
-            signum = _json(await request.read() or b"{}").get("signal")
-            if execution.process is not None and execution.running and isinstance(signum, int):
-                os.killpg(execution.process.pid, signum)
+            signum = _json(body).get("signal")
+            if isinstance(signum, int):
+                execution.signal(signum)
             return web.Response(status=204)
         if action == "attach" and request.method == "GET":
             return await self.attach(request, execution)
         raise not_found(f"route {request.method} {request.path}")
 
-    async def attach(self, request: web.Request, execution: Any) -> web.StreamResponse:
+    async def attach(self, request: web.Request, execution: Execution) -> web.StreamResponse:
+        """Output frames until the exit frame; the execution goes on when the client leaves, and the next
+        attach resumes where this one stopped."""
         if execution.attached:
             raise ApiError(
                 409, "another client is attached to this execution", "InvalidStateError", "invalid_state"
             )
-        socket = web.WebSocketResponse(heartbeat=PING_SECONDS, max_msg_size=0)
-        await socket.prepare(request)
         execution.attached = True
-        drop_after = self.registry.faults.drop_attach_after_frames
-        frames = 0
+        socket = web.WebSocketResponse(heartbeat=PING_SECONDS, max_msg_size=0)
+        listener: asyncio.Future[None] | None = None
         try:
+            await socket.prepare(request)
             await socket.ping()  # within 10 s of attaching, whatever the command does
+            listener = asyncio.ensure_future(_listen(socket, execution))
+            drop_after, frames = self.registry.faults.drop_attach_after_frames, 0
             while True:
                 if drop_after is not None and frames >= drop_after:
                     await socket.close(code=WSCloseCode.INTERNAL_ERROR, message=b"emulated drop")
                     return socket
-                item = await execution.frames.get()
-                if isinstance(item, int):
-                    await socket.send_str(json.dumps({"type": "exit", "exit_code": item}))
-                    await socket.close(code=WSCloseCode.OK)
+                if execution.pending:
+                    item = execution.pending.pop(0)
+                else:
+                    getter = asyncio.ensure_future(execution.frames.get())
+                    done, _ = await asyncio.wait({getter, listener}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                        return socket  # the client left
+                    item = getter.result()
+                try:
+                    if isinstance(item, int):
+                        await socket.send_str(json.dumps({"type": "exit", "exit_code": item}))
+                        await socket.close(code=WSCloseCode.OK)
+                        return socket
+                    await socket.send_bytes(bytes([item[0]]) + item[1])
+                except ConnectionError:
+                    execution.pending.insert(0, item)  # for the next attach
                     return socket
-                channel, data = item
-                await socket.send_bytes(bytes([channel]) + data)
                 frames += 1
         finally:
             execution.attached = False
+            if listener is not None:
+                listener.cancel()
 
     async def admin(self, request: web.Request, body: bytes) -> web.Response:
         registry, path, method = self.registry, request.path[len("/_emulator/") :], request.method
@@ -279,6 +296,19 @@ CONFIG = {
         "idempotency_key_lifetime": "PT24H",
     },
 }
+
+
+async def _listen(socket: web.WebSocketResponse, execution: Execution) -> None:
+    """Client frames: `{"type": "signal", "sig": N}` signals the command; stdin is closed (ignored)."""
+    async for message in socket:
+        if message.type != WSMsgType.TEXT:
+            continue
+        try:
+            control = json.loads(message.data)
+        except ValueError:
+            continue
+        if control.get("type") == "signal" and isinstance(control.get("sig"), int):
+            execution.signal(control["sig"])
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -92,6 +92,8 @@ class Execution:
         self.exit_code: int | None = None
         self.started_at = now()
         self.attached = False
+        #: A frame taken from the queue that the last attached client did not get.
+        self.pending: list[tuple[int, bytes] | int] = []
         self.frames: asyncio.Queue[tuple[int, bytes] | int] = asyncio.Queue(QUEUE_FRAMES)
         self.process: asyncio.subprocess.Process | None = None
 
@@ -163,6 +165,12 @@ class Execution:
             self.status = status
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+
+    def signal(self, signum: int) -> None:
+        if self.running:
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+                os.killpg(self.process.pid, signum)
 
     @property
     def running(self) -> bool:
