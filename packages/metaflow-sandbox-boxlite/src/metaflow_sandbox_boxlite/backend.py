@@ -101,11 +101,15 @@ class BoxliteBackend(Backend):
                 "use a boxlite server, or use @bubblewrap.",
                 retryable=False,
             )
-        timeout = float(os.environ.get(PROBE_TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+        try:
+            timeout = float(os.environ.get(PROBE_TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+        except ValueError:
+            raise ConfigError(f"{PROBE_TIMEOUT_ENV} must be a number of seconds (e.g. 60).") from None
         problem = boot_problem(self.own_dir, getattr(boxlite, "__version__", "?"), timeout)
         if problem is not None:
+            hypervisor = "KVM" if platform.system() == "Linux" else "The hypervisor"
             raise UnavailableError(
-                f"KVM is present but cannot boot a virtual machine on this host ({problem}). Run on a "
+                f"{hypervisor} is present but cannot boot a virtual machine on this host ({problem}). Run on a "
                 "machine with hardware virtualization, set BOXLITE_REST_URL to use a boxlite server, or use "
                 f"@bubblewrap. (Probe cached in {os.path.join(self.own_dir, 'boot-probe.json')}; delete "
                 "it to probe again.)",
