@@ -50,8 +50,8 @@ MAX_RELAY_SECONDS = 5.0
 FLOW = "attack_flow.py"
 WRAPPER = Path(__file__).parent / "attack_wrapper.py"
 NOT_A_REAL_SANDBOX = (
-    "the Daytona emulator runs sandboxes as plain local processes on the launcher's host (no namespaces); "
-    "a real Daytona sandbox is a remote VM whose /proc/sys and keyrings are not the launcher's"
+    f"the {BACKEND} row's emulator runs sandboxes as plain local processes on the launcher's host (no "
+    "namespaces); a real Daytona sandbox or boxlite box is a remote VM whose /proc/sys and keyrings are not the launcher's"
 )
 
 
