@@ -18,6 +18,7 @@ PACKAGES = {
     "bubblewrap": "packages/metaflow-sandbox-bubblewrap",
     "daytona": "packages/metaflow-sandbox-daytona",
     "e2b": "packages/metaflow-sandbox-e2b",
+    "boxlite": "packages/metaflow-sandbox-boxlite",
     "testing": "packages/metaflow-sandbox-testing",
     "extension": "packages/metaflow-sandbox",
 }
@@ -29,7 +30,8 @@ NEEDS = {
     "bubblewrap": ["core", "testing", "bubblewrap"],
     "daytona": ["core", "testing[daytona]", "daytona"],
     "e2b": ["core", "testing[e2b]", "e2b"],
-    "testing": ["core", "testing[daytona,e2b,s3]", "bubblewrap"],
+    "boxlite": ["core", "testing[boxlite]", "boxlite"],
+    "testing": ["core", "testing[daytona,e2b,s3,boxlite]", "bubblewrap"],
     "extension": ["core", "runtime", "relay", "extension"],
 }
 TEST_TOOLS = ["pytest>=8", "pytest-timeout"]
@@ -42,6 +44,7 @@ BACKEND_DATASTORES = [
     ("bubblewrap", "s3"),
     ("daytona", "s3"),  # the real daytona SDK against the emulator (metaflow_sandbox_testing)
     ("e2b", "s3"),  # the real e2b SDK against the emulator (metaflow_sandbox_testing)
+    ("boxlite-remote", "s3"),  # boxlite's REST mode: the real boxlite SDK against the emulator
 ]
 MATRIX = [(b, d, m) for b, d in BACKEND_DATASTORES for m in ("local", "service")]
 #: Integration modules that apply to some rows only; every other tests/test_*.py runs in every row.
@@ -49,13 +52,15 @@ ONLY_IN = {
     "tests/test_s3_datastore.py": lambda backend, datastore, metadata: datastore == "s3",
     "tests/test_daytona_faults.py": lambda backend, datastore, metadata: backend == "daytona",
     "tests/test_e2b_faults.py": lambda backend, datastore, metadata: backend == "e2b",
+    "tests/test_boxlite_faults.py": lambda backend, datastore, metadata: backend == "boxlite-remote",
     # Neither backend, datastore nor metadata matter to these: once, in the first row.
     "tests/test_bad_input.py": lambda *row: row == MATRIX[0],
     "tests/test_packaging.py": lambda *row: row == MATRIX[0],
+    "tests/test_boxlite_local.py": lambda *row: row == MATRIX[0],
 }
 
 #: Every package, with the test kit's emulators and S3 server.
-EVERYTHING = [name for name in PACKAGES if name != "testing"] + ["testing[daytona,e2b,s3]"]
+EVERYTHING = [name for name in PACKAGES if name != "testing"] + ["testing[daytona,e2b,s3,boxlite]"]
 
 
 def install(session: nox.Session, *names: str, extras: tuple[str, ...] = ()) -> None:

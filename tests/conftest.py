@@ -18,6 +18,8 @@ FLOWS = Path(__file__).parent / "flows"
 METADATA_MODES = tuple(os.environ.get("MFS_TEST_METADATA", "local,service").split(","))
 DATASTORES = tuple(os.environ.get("MFS_TEST_DATASTORE", "local").split(","))
 BACKEND = os.environ.get("MFS_TEST_BACKEND", "bubblewrap")
+#: The backend's registered name ("boxlite-remote": the boxlite backend in REST mode, on the emulator).
+BACKEND_NAME = BACKEND.removesuffix("-remote")
 
 #: The integration matrix selects with these markers (noxfile.py). `metadata`: tests that exercise the
 #: metadata a sandboxed task sends back (replayed into local metadata or a metadata service) and what the
@@ -78,14 +80,15 @@ class Project:
     s3: object | None = None  # the S3Server, for the s3 datastore
     daytona: object | None = None  # the DaytonaEmulator, for the daytona backend
     e2b: object | None = None  # the E2BEmulator, for the e2b backend
+    boxlite: object | None = None  # the BoxliteEmulator, for boxlite's REST mode
 
     @property
     def emulator(self) -> object | None:
-        """The cloud emulator this project's sandboxes live in (None for local backends)."""
-        return self.daytona or self.e2b
+        """The emulator this project's sandboxes live in (None for local backends)."""
+        return self.daytona or self.e2b or self.boxlite
 
     def live_sandboxes(self) -> list:
-        """What is still running of this project's sandboxes (bubblewrap: its bwrap processes; a cloud
+        """What is still running of this project's sandboxes (bubblewrap: its bwrap processes; a remote
         backend: its emulator's live sandboxes)."""
         if self.emulator is not None:
             return list(self.emulator.live_sandboxes())  # type: ignore[attr-defined]
@@ -168,7 +171,8 @@ def _base_env(tmp: Path) -> dict[str, str]:
         METAFLOW_USER="tester",
         METAFLOW_SANDBOX_CACHE_DIR=str(tmp / "cache"),
         METAFLOW_SANDBOX_BUBBLEWRAP_STATE_DIR=str(tmp / "bwrap-state"),
-        METAFLOW_SANDBOX_BACKEND=BACKEND,
+        METAFLOW_SANDBOX_BACKEND=BACKEND_NAME,
+        METAFLOW_SANDBOX_BOXLITE_STATE_DIR=str(tmp / "boxlite-state"),
         # Each test gets its own sandbox host, in its own directory; it goes soon after the test.
         METAFLOW_SANDBOX_HOST_DIR=str(tmp / "host"),
         METAFLOW_SANDBOX_HOST_IDLE="15",
@@ -213,6 +217,15 @@ def e2b_emulator(clean_python):
         yield emulator
 
 
+@pytest.fixture(scope="session")
+def boxlite_emulator(clean_python):
+    """The boxlite REST emulator (driven by the real boxlite SDK); its boxes' python3 has no metaflow."""
+    from metaflow_sandbox_testing.boxlite_emulator import BoxliteEmulator
+
+    with BoxliteEmulator(python=clean_python) as emulator:
+        yield emulator
+
+
 @pytest.fixture(params=[(d, m) for d in DATASTORES for m in METADATA_MODES], ids=lambda p: f"{p[0]}-{p[1]}")
 def project(request, tmp_path) -> Project:
     """A project for each datastore x metadata mode: local files or S3 (a real S3 server), local metadata
@@ -242,6 +255,11 @@ def project(request, tmp_path) -> Project:
             pytest.fail("the e2b backend needs a remote datastore: run it with MFS_TEST_DATASTORE=s3")
         proj.e2b = request.getfixturevalue("e2b_emulator")
         proj.env.update(proj.e2b.env())  # type: ignore[attr-defined]
+    if BACKEND == "boxlite-remote":
+        if datastore != "s3":
+            pytest.fail("boxlite's REST mode needs a remote datastore: run it with MFS_TEST_DATASTORE=s3")
+        proj.boxlite = request.getfixturevalue("boxlite_emulator")
+        proj.env.update(proj.boxlite.env())  # type: ignore[attr-defined]
     if metadata == "service":
         service = shutil.which(
             "metaflow-local-service", path=os.path.dirname(sys.executable)

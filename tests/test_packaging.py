@@ -59,6 +59,7 @@ def test_each_package_builds_a_versioned_wheel_with_sibling_ranges(wheels: Path)
         "metaflow-sandbox-bubblewrap",
         "metaflow-sandbox-daytona",
         "metaflow-sandbox-e2b",
+        "metaflow-sandbox-boxlite",
         "metaflow-sandbox-testing",
     }
     for name, meta in built.items():

@@ -27,7 +27,8 @@ def _canary_run(project: Project, **env: str) -> tuple[dict, str]:
     from metaflow_sandbox_testing.s3_server import SECRET_KEY
 
     provider = dict(PROVIDER_CANARIES)
-    for key in ("DAYTONA_API_KEY", "E2B_API_KEY"):  # the launcher needs the real key; it is the canary then
+    # The launcher needs the real provider key: it is the canary then.
+    for key in ("DAYTONA_API_KEY", "E2B_API_KEY", "BOXLITE_API_KEY"):
         if project.emulator is not None and key in project.env:
             provider[key] = project.env[key]
     canaries = [*provider.values(), SECRET_KEY]

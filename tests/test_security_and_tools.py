@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def test_untrusted_step_reaches_nothing_it_was_not_given(project: Project):
     if project.emulator is not None:
         pytest.skip(
-            "the cloud emulators run sandboxes as local processes and isolate no files; escape canaries apply to real sandboxes"
+            "the remote backends' emulators run sandboxes as local processes and isolate no files; escape canaries apply to real sandboxes"
         )
     secret = project.root / "credentials.txt"
     secret.write_text("canary-secret")

@@ -49,7 +49,7 @@ MAX_RELAY_SECONDS = 5.0
 FLOW = "attack_flow.py"
 WRAPPER = Path(__file__).parent / "attack_wrapper.py"
 NOT_A_REAL_SANDBOX = (
-    "the cloud emulators (Daytona, E2B) run sandboxes as plain local processes on the launcher's host (no "
+    "the remote backends' emulators (Daytona, E2B, boxlite REST) run sandboxes as plain local processes on the launcher's host (no "
     "namespaces); a real cloud sandbox is a remote container or VM whose /proc/sys and keyrings are not the "
     "launcher's"
 )

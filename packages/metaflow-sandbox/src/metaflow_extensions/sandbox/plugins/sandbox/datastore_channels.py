@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import threading
@@ -162,6 +163,8 @@ class Channel:
 
 
 class LocalChannel(Channel):
+    bundle: str | None = None  # the client libraries' archive, for a sandbox Python that may lack them
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         if not self.backend.capabilities.can_mount:
@@ -173,9 +176,22 @@ class LocalChannel(Channel):
     def prepare(self) -> None:
         launch = self.launch
         self.package_dir = ensure_extracted(launch.package_blob, launch.package_sha, launch.cache_dir)
+        # Another Python than the launcher's (a micro-VM's image, METAFLOW_SANDBOX_PYTHON) may lack what
+        # metaflow imports: offer the launcher's client libraries, mounted read-only.
+        self.bundle = None if launch.python == sys.executable else client_bundle(launch.cache_dir)
 
     def package(self, base: str | None = None) -> tuple[dict[str, str | None], list[Mount]]:
-        return {"dir": self.package_dir}, [Mount(self.package_dir, self.package_dir, read_only=True)]
+        mounts = [Mount(self.package_dir, self.package_dir, read_only=True)]
+        if self.bundle is not None:
+            libraries = os.path.dirname(self.bundle)  # a directory: VM shares (virtiofs) take no single files
+            mounts.append(Mount(libraries, libraries, read_only=True))
+        return {"dir": self.package_dir}, mounts
+
+    def libraries(self, base: str | None = None) -> list[dict]:
+        if self.bundle is None:
+            return []
+        directory = f"{base or self.base}/libraries"
+        return [{"modules": list(CLIENT_MODULES), "url": f"file://{self.bundle}", "dir": directory}]
 
     def mounts(self) -> list[Mount]:
         # Only this run's directory and the flow's content-addressed blobs, read-only: other flows and
@@ -187,7 +203,8 @@ class LocalChannel(Channel):
 
     def readable(self) -> list[str]:
         store = LocalDatastore(self.launch.datastore_root)
-        return [store.path(rel) for rel in input_files(store, self.launch.flow, self.launch.parents)]
+        files = [store.path(rel) for rel in input_files(store, self.launch.flow, self.launch.parents)]
+        return files if self.bundle is None else [*files, self.bundle]
 
     def env(self) -> dict[str, str]:
         return {STAGING_ENV: self.staging}

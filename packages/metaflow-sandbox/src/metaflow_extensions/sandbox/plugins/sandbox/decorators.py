@@ -227,6 +227,7 @@ class SandboxDecorator(StepDecorator):
         self.options = options
         self.backend_resolved = name
         self.backend_can_mount = backend.capabilities.can_mount
+        self.backend_vm = backend.capabilities.isolation >= 30  # Isolation.MICROVM: its own userland
         # Processes the runtime spawns inherit this and skip re-validating (and re-probing backends).
         os.environ[VALIDATED_ENV] = str(os.getpid())
 
@@ -348,8 +349,11 @@ class SandboxDecorator(StepDecorator):
                 step_env.update({k: str(v) for k, v in deco.attributes.get("vars", {}).items()})
         step_env.update(options.env)
         metadata_type = cli_args.top_level_options.get("metadata") or "local"
-        # The interpreter inside: the launcher's own where the backend can mount it, else the image's python3.
-        default_python = sys.executable if self.backend_can_mount else "python3"
+        # The interpreter inside: the launcher's own where the backend can mount it and shares this machine's
+        # root filesystem, else the image's python3 (a micro-VM boots its image's userland).
+        default_python = (
+            sys.executable if self.backend_can_mount and not getattr(self, "backend_vm", False) else "python3"
+        )
         python = options.options.get("python") or _config("SANDBOX_PYTHON") or default_python
         cache_dir = _config("SANDBOX_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".cache", "metaflow-sandbox"
