@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -357,38 +358,51 @@ def main() -> None:
     parser.add_argument("--no-host-bench", action="store_true", help="skip P2, P5 and R5 (host_bench.py)")
     args = parser.parse_args()
     root, env = workspace()
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    results: dict = {
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    failed: dict[str, str] = {}
+
+    def measure(key: str, run: Callable[[], dict]) -> None:
+        """One benchmark; a failure is recorded and the others still run. Raw numbers are saved after each."""
+        try:
+            results[key] = run()
+        except Exception as error:  # reported below and in latest.json
+            failed[key] = f"{type(error).__name__}: {str(error)[-2000:]}"
+            print(f"{key} failed: {failed[key]}", file=sys.stderr)
+        (out / "latest.json").write_text(json.dumps({**results, "failed": failed}, indent=2))
+
     try:
-        results = {
-            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "date": time.strftime("%Y-%m-%d"),
-            "P1": p1_overhead(root, env, args.repeat),
-            "P1_S3": p1_s3_overhead(root, env, args.repeat, clean_python_env(root)),
-            "P3": p3_latency(root, env),
-            "P4": p4_memory(root, env),
-        }
+        measure("P1", lambda: p1_overhead(root, env, args.repeat))
+        measure("P1_S3", lambda: p1_s3_overhead(root, env, args.repeat, clean_python_env(root)))
+        measure("P3", lambda: p3_latency(root, env))
+        measure("P4", lambda: p4_memory(root, env))
         if not args.no_host_bench:
+            from boxlite_bench import b1_boxlite_remote_overhead, b2_boxlite_local_start
             from host_bench import p2_overhead, p5_wide_foreach, r5_host_memory
 
-            results["P2"] = p2_overhead(WIDTH, "daytona")
-            results["P2-e2b"] = p2_overhead(WIDTH, "e2b")
-            results["P5"] = p5_wide_foreach()
-            results["R5"] = r5_host_memory()
-            from boxlite_bench import b1_boxlite_remote_overhead, b2_boxlite_local_start
-
-            results["B1"] = b1_boxlite_remote_overhead(WIDTH)
-            results["B2"] = b2_boxlite_local_start()
+            measure("P2", lambda: p2_overhead(WIDTH, "daytona"))
+            measure("P2-e2b", lambda: p2_overhead(WIDTH, "e2b"))
+            measure("P5", p5_wide_foreach)
+            measure("R5", r5_host_memory)
+            measure("B1", lambda: b1_boxlite_remote_overhead(WIDTH))
+            measure("B2", b2_boxlite_local_start)
         if not args.no_predecessor:
             from side_by_side import side_by_side
 
-            results["P7"] = side_by_side(WIDTH)
-            results["P7-e2b"] = side_by_side(WIDTH, "e2b", ("prepared",))
+            measure("P7", lambda: side_by_side(WIDTH))
+            measure("P7-e2b", lambda: side_by_side(WIDTH, "e2b", ("prepared",)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({**results, "failed": failed}, indent=2))
+    if failed:
+        raise SystemExit(
+            f"{', '.join(failed)} failed (see benchmarks/results/latest.json); docs/benchmarks.md is unchanged"
+        )
     write_markdown(results, HERE.parent / "docs" / "benchmarks.md")
-    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
