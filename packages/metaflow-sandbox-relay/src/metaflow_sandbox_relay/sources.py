@@ -8,7 +8,11 @@ import stat
 from collections.abc import Iterator
 from typing import IO, Any
 
+from .stores import S3_CONCURRENCY, each
+
 SMALL = 1 << 20  # S3 bodies up to this size are kept after the first read
+#: At most this many bytes of small bodies are fetched ahead, concurrently, per task.
+PREFETCH_BYTES = 64 << 20
 
 
 class LocalStaging:
@@ -40,6 +44,9 @@ class LocalStaging:
             os.close(fd)
             raise OSError(f"{rel} is not a regular file")
         return os.fdopen(fd, "rb")
+
+    def prefetch(self, rels: list[str], sizes: dict[str, int]) -> None:
+        """Nothing to do: local files are read when opened."""
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -75,6 +82,27 @@ class S3Staging:
             self._small[rel] = body = response["Body"].read()
             return io.BytesIO(body)
         return response["Body"]
+
+    def prefetch(self, rels: list[str], sizes: dict[str, int]) -> None:
+        """Read the small ones of `rels` (by their listed `sizes`) concurrently, up to `PREFETCH_BYTES` in
+        all, so that checking them later waits on no round trip. A body longer than listed is not kept."""
+        wanted, total = [], 0
+        for rel in rels:
+            size = sizes.get(rel, SMALL + 1)
+            if rel not in self._small and size <= SMALL and total + size <= PREFETCH_BYTES:
+                wanted.append(rel)
+                total += size
+
+        def fetch(rel: str) -> None:
+            stream = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"]
+            try:
+                body = stream.read(SMALL + 1)
+            finally:
+                stream.close()
+            if len(body) <= SMALL:
+                self._small[rel] = body
+
+        each(S3_CONCURRENCY, fetch, wanted)
 
     def key(self, rel: str) -> str:
         return self.prefix + rel

@@ -10,11 +10,28 @@ import json
 import os
 import shutil
 import tempfile
-from typing import IO, Any, Union
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, TypeVar, Union
 
 #: Mode of every file the relay writes into a local datastore: the launcher's, as Metaflow writes its own.
 FILE_MODE = 0o600
 S3_USER_METADATA = "metaflow-user-attributes"  # how Metaflow's S3 storage keeps a blob's CAS metadata
+#: Requests kept in flight at once against an S3 store: each call is a round trip the relay would wait out.
+S3_CONCURRENCY = 8
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def each(concurrency: int, call: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """`call` on every item, results in order, up to `concurrency` at once (threads: the calls wait on the
+    network); the first exception is raised once all started calls have ended."""
+    items = list(items)
+    if concurrency <= 1 or len(items) <= 1:
+        return [call(item) for item in items]
+    with ThreadPoolExecutor(min(concurrency, len(items))) as pool:
+        return list(pool.map(call, items))
 
 
 def cas_meta(raw: bool) -> dict[str, object]:
@@ -24,6 +41,8 @@ def cas_meta(raw: bool) -> dict[str, object]:
 
 class LocalDatastore:
     """A local datastore root (`.metaflow`)."""
+
+    concurrency = 1  # a local disk gains nothing from threads
 
     def __init__(self, root: str):
         self.root = root
@@ -94,7 +113,9 @@ SINGLE_PUT_BYTES = 8 << 20
 
 
 class S3Datastore:
-    """An s3:// datastore root, with the launcher's own client."""
+    """An s3:// datastore root, with the launcher's own client (boto3 clients are thread-safe)."""
+
+    concurrency = S3_CONCURRENCY
 
     def __init__(self, client: Any, root_url: str):
         if not root_url.startswith("s3://"):

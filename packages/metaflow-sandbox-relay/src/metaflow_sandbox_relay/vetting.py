@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -25,7 +25,7 @@ from .artifact_check import TrustRule, open_artifact, pickle_problem, trust_rule
 from .blob_check import CHUNK, BlobRefused, Budget, copy_verified_blob
 from .scope import RelayRefusedError
 from .staging import Limits, StagedTask
-from .stores import Datastore
+from .stores import Datastore, each
 
 _ATTEMPT_FILE = re.compile(r"^(\d+)\.DONE\.lock$")
 #: Gzip framing on top of deflate's worst case: a stored blob this much over its declared size is refused unread.
@@ -93,9 +93,15 @@ def _blob_rel(flow: str, sha: str) -> str:
     return f"{flow}/data/{sha[:2]}/{sha}"
 
 
-def _inputs(store: Datastore, flow: str, parents: Iterable[str]) -> Iterator[tuple[str, list[str], set[str]]]:
-    """For each input task ("run/step/task"): its directory, its files, and the blobs its finished attempt lists."""
-    for parent in parents:
+def _rel_of(flow: str) -> Callable[[str], str]:
+    return lambda sha: _blob_rel(flow, sha)
+
+
+def _inputs(store: Datastore, flow: str, parents: Iterable[str]) -> list[tuple[str, list[str], set[str]]]:
+    """For each input task ("run/step/task"): its directory, its files, and the blobs its finished attempt
+    lists (a join's inputs are read concurrently)."""
+
+    def read(parent: str) -> tuple[str, list[str], set[str]]:
         task_dir = f"{flow}/{parent}"
         names = store.listdir(task_dir)
         attempts = [int(m.group(1)) for m in map(_ATTEMPT_FILE.match, names) if m]
@@ -106,7 +112,9 @@ def _inputs(store: Datastore, flow: str, parents: Iterable[str]) -> Iterator[tup
                     shas = set(_Listing.parse(f.read(64 << 20)).objects.values())
             except (OSError, ValueError, KeyError, TypeError):
                 pass
-        yield task_dir, names, shas
+        return task_dir, names, shas
+
+    return each(store.concurrency, read, parents)
 
 
 def parent_artifacts(store: Datastore, flow: str, parents: Iterable[str]) -> set[str]:
@@ -139,6 +147,7 @@ def vet_task(
 
     data_json_rel = "/".join((*scope.task_path, f"{scope.attempt}.data.json"))
     listing: _Listing | None = None
+    source.prefetch(sorted(staged.task_files), staged.sizes)
     try:
         for rel in sorted(staged.task_files):
             fd, copied = tempfile.mkstemp(dir=scratch)
@@ -169,6 +178,13 @@ def vet_task(
                 f"Dropped {len(unlisted)} blob(s) the task wrote but its data.json does not list "
                 f"(e.g. {unlisted[0]})."
             )
+    # The round trips first, concurrently: which listed blobs are stored already, and the new ones' bodies.
+    stored = dict(
+        zip(sorted(listed), each(store.concurrency, store.exists, map(_rel_of(flow), sorted(listed))))
+    )
+    source.prefetch(
+        [staged_blobs[sha] for sha in sorted(listed) if sha in staged_blobs and not stored[sha]], staged.sizes
+    )
     parents: set[str] | None = None
     for sha in sorted(listed):
         assert listing is not None
@@ -181,7 +197,7 @@ def vet_task(
             )
             continue
         try:
-            if sha in staged_blobs and not store.exists(rel):
+            if sha in staged_blobs and not stored[sha]:
                 vetted.blobs.append(
                     _vet_new_blob(
                         staged, staged_blobs[sha], sha, listing, budget, scratch, allowed, pickled, policy
@@ -192,7 +208,7 @@ def vet_task(
                 parents = parent_artifacts(store, flow, policy.parents)
             if sha in parents:
                 continue  # an input's artifact, accepted into the flow before this task ran
-            if not store.exists(rel):
+            if not stored[sha]:
                 problems.append(
                     f"artifact {names} names blob {sha}, which neither the task nor the flow holds"
                 )

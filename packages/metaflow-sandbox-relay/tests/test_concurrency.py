@@ -1,0 +1,66 @@
+"""The relay's round trips to a remote store run concurrently, without changing what is written in which order."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from metaflow_sandbox_relay.datastore_ingest import apply_to_datastore
+from metaflow_sandbox_relay.stores import each
+from metaflow_sandbox_relay.vetting import VettedTask
+
+
+def test_each_runs_calls_at_once_and_keeps_their_order():
+    barrier = threading.Barrier(4, timeout=10)  # broken (and the test failed) unless 4 calls wait together
+
+    def call(n: int) -> int:
+        barrier.wait()
+        return n * n
+
+    assert each(4, call, [1, 2, 3, 4]) == [1, 4, 9, 16]
+
+
+def test_each_is_sequential_for_a_local_store_and_raises_the_first_failure():
+    seen: list[int] = []
+
+    def call(n: int) -> int:
+        seen.append(n)
+        if n == 2:
+            raise ValueError("two")
+        return n
+
+    with pytest.raises(ValueError, match="two"):
+        each(1, call, [1, 2, 3])
+    assert seen == [1, 2]  # nothing after the failure ran
+    with pytest.raises(ValueError, match="two"):
+        each(8, call, [1, 2, 3])
+
+
+class _RecordingStore:
+    concurrency = 8
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.lock = threading.Lock()
+
+    def put(self, rel: str, source: str, meta: dict | None = None) -> bool:
+        with self.lock:
+            self.order.append(rel)
+        return True
+
+
+def test_blobs_then_task_files_then_the_done_lock_alone():
+    vetted = VettedTask(
+        blobs=[(f"F/data/ab/ab{i}", "copy", True) for i in range(5)],
+        task_files=[
+            ("F/1/s/2/0.DONE.lock", "c"),
+            ("F/1/s/2/0.data.json", "c"),
+            ("F/1/s/2/0.task_stdout.log", "c"),
+        ],
+    )
+    store = _RecordingStore()
+    apply_to_datastore(vetted, store)  # type: ignore[arg-type]
+    assert sorted(store.order[:5]) == sorted(rel for rel, _, _ in vetted.blobs)
+    assert sorted(store.order[5:7]) == ["F/1/s/2/0.data.json", "F/1/s/2/0.task_stdout.log"]
+    assert store.order[7] == "F/1/s/2/0.DONE.lock"
