@@ -46,13 +46,13 @@ BACKEND_DATASTORES = [
     ("e2b", "s3"),  # the real e2b SDK against the emulator (metaflow_sandbox_testing)
     ("boxlite-remote", "s3"),  # boxlite's REST mode: the real boxlite SDK against the emulator
 ]
+#: Backends whose integration rows run against an emulator of the provider (faults injected there).
+REMOTE_BACKENDS = ("daytona", "e2b", "boxlite-remote")
 MATRIX = [(b, d, m) for b, d in BACKEND_DATASTORES for m in ("local", "service")]
 #: Integration modules that apply to some rows only; every other tests/test_*.py runs in every row.
 ONLY_IN = {
     "tests/test_s3_datastore.py": lambda backend, datastore, metadata: datastore == "s3",
-    "tests/test_daytona_faults.py": lambda backend, datastore, metadata: backend == "daytona",
-    "tests/test_e2b_faults.py": lambda backend, datastore, metadata: backend == "e2b",
-    "tests/test_boxlite_faults.py": lambda backend, datastore, metadata: backend == "boxlite-remote",
+    "tests/test_emulator_faults.py": lambda backend, datastore, metadata: backend in REMOTE_BACKENDS,
     # Neither backend, datastore nor metadata matter to these: once, in the first row.
     "tests/test_bad_input.py": lambda *row: row == MATRIX[0],
     "tests/test_packaging.py": lambda *row: row == MATRIX[0],

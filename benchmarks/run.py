@@ -228,7 +228,7 @@ def side_by_side_markdown(p7: dict) -> str:
     return f"""
 ## P7: side by side with the predecessor (`@daytona`, Daytona emulator, moto S3)
 
-The same flow (`benchmarks/flows/daytona_flow.py`: a foreach of {p7["width"]} `@daytona` steps, then one
+The same flow (`benchmarks/flows/side_by_side_flow.py`: a foreach of {p7["width"]} `@daytona` steps, then one
 `@daytona` step printing a line every 100 ms for 5 s; `--max-workers 1`) run by each project from its own
 virtualenv, against the same Daytona emulator (the real `daytona` SDK in both), the same S3 server and the same
 sandbox image. Two images: **prepared** (Python with pip, boto3 and requests: what docs/configuration.md asks
@@ -276,7 +276,7 @@ def side_by_side_e2b_markdown(p7: dict) -> str:
     return f"""
 ## P7 (E2B): side by side with the predecessor (`@e2b`, E2B emulator, moto S3)
 
-`benchmarks/flows/e2b_flow.py` (the P7 flow with `@e2b`), foreach of {p7["width"]}, `--max-workers 1`, both
+`benchmarks/flows/side_by_side_flow.py` with `@e2b`, foreach of {p7["width"]}, `--max-workers 1`, both
 projects driving the real `e2b` SDK (the predecessor through `e2b-code-interpreter`) against the same E2B
 emulator and S3 server; plain task {plain["branch_task_mean_s"]} s.
 

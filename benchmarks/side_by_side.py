@@ -1,6 +1,6 @@
 """P7: side by side with the predecessor (`metaflow-sandbox==0.1.1` from PyPI), each in its own environment,
-on the same flow (benchmarks/flows/<backend>_flow.py), the same emulator (Daytona's or E2B's), the same S3
-server and the same sandbox image (a Python with pip, boto3 and requests, no metaflow).
+on the same flow (benchmarks/flows/side_by_side_flow.py under the backend's decorator), the same emulator
+(Daytona's or E2B's), the same S3 server and the same sandbox image (a Python with pip, boto3 and requests, no metaflow).
 
     python benchmarks/side_by_side.py [--width N] [--backend daytona|e2b] [--images prepared,stock]
     (also run by `nox -s bench`)
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FLOWS = {"daytona": HERE / "flows" / "daytona_flow.py", "e2b": HERE / "flows" / "e2b_flow.py"}
-FLOW = FLOWS["daytona"]
+FLOW = HERE / "flows" / "side_by_side_flow.py"  # written with `@daytona`; `_project` swaps in the backend's
+BACKENDS = ("daytona", "e2b")
 #: The predecessor with both of its cloud extras (the e2b one brings e2b-code-interpreter).
 PREDECESSOR = "metaflow-sandbox[daytona,e2b]==0.1.1"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "metaflow-sandbox" / "bench"
@@ -97,9 +97,9 @@ class LauncherMemory:
         return self.peak_kb
 
 
-def run_flow(python: str, project: Path, env: dict[str, str], width: int, flow: Path = FLOW) -> dict:
+def run_flow(python: str, project: Path, env: dict[str, str], width: int) -> dict:
     """Run the flow once; what the launcher saw."""
-    command = [python, flow.name, "--metadata", "local", "--datastore", "s3", "run"]
+    command = [python, FLOW.name, "--metadata", "local", "--datastore", "s3", "run"]
     command += ["--max-workers", "1", "--width", str(width)]
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -135,7 +135,7 @@ def run_flow(python: str, project: Path, env: dict[str, str], width: int, flow: 
     log = CACHE / f"{project.name}.log"
     log.write_text("".join(output))
     if code != 0:
-        raise RuntimeError(f"{python} {flow.name} exited {code}; its output is in {log}")
+        raise RuntimeError(f"{python} {FLOW.name} exited {code}; its output is in {log}")
     return {
         "wall_s": round(wall, 2),
         "branch_task_mean_s": round(statistics.mean(walls["branch"]), 3),
@@ -167,8 +167,6 @@ def side_by_side(
     from metaflow_sandbox_testing.clean_python import make_clean_python
     from metaflow_sandbox_testing.s3_server import S3Server
 
-    flow = FLOWS[backend]
-
     theirs_python = predecessor_python()
     root = Path(tempfile.mkdtemp(prefix="mfs-sbs-"))
     try:
@@ -198,16 +196,16 @@ def side_by_side(
         with S3Server() as s3:
             s3.create_bucket("bench")
             env = {**base, **s3.metaflow_env("bench")}
-            results["plain"] = run_flow(sys.executable, _project(root, "plain", flow), env, width, flow)
+            results["plain"] = run_flow(sys.executable, _project(root, "plain", backend), env, width)
             for image, python in pythons.items():
                 with _emulator(backend, python) as emulator:
                     cloud_env = {**env, **emulator.env()}
                     ours = run_flow(
-                        sys.executable, _project(root, f"ours-{image}", flow), cloud_env, width, flow
+                        sys.executable, _project(root, f"ours-{image}", backend), cloud_env, width
                     )
                     try:
                         theirs = run_flow(
-                            theirs_python, _project(root, f"theirs-{image}", flow), cloud_env, width, flow
+                            theirs_python, _project(root, f"theirs-{image}", backend), cloud_env, width
                         )
                     except RuntimeError as error:  # recorded: why the predecessor cannot run here
                         theirs = {"error": str(error)}
@@ -226,21 +224,20 @@ def side_by_side(
     return results
 
 
-def _project(root: Path, name: str, flow: Path = FLOW) -> Path:
-    """A project directory with the flow; the plain baseline gets it without its `@daytona`/`@e2b` lines."""
+def _project(root: Path, name: str, backend: str) -> Path:
+    """A project directory with the flow under `backend`'s decorator; the plain baseline gets it without."""
     project = root / name
     project.mkdir()
-    text = flow.read_text()
-    if name == "plain":
-        text = text.replace("    @daytona\n", "").replace("    @e2b\n", "")
-    (project / flow.name).write_text(text)
+    text = FLOW.read_text()
+    text = text.replace("    @daytona\n", "") if name == "plain" else re.sub(r"\bdaytona\b", backend, text)
+    (project / FLOW.name).write_text(text)
     return project
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--width", type=int, default=20)
-    parser.add_argument("--backend", choices=sorted(FLOWS), default="daytona")
+    parser.add_argument("--backend", choices=BACKENDS, default="daytona")
     parser.add_argument("--images", default="prepared,stock", help="comma-separated: prepared, stock")
     args = parser.parse_args()
     images = tuple(i for i in args.images.split(",") if i)

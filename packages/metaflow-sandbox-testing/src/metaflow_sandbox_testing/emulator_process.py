@@ -16,8 +16,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+_P = TypeVar("_P", bound="EmulatorProcess")
 
 
 def _die_with_parent(prctl: Callable[[int, int], int]) -> Callable[[], None]:
@@ -49,7 +51,18 @@ class EmulatorProcess:
     #: The extra to install when the emulator does not start.
     extra: ClassVar[str] = ""
 
-    def __init__(self, *, port: int = 0, startup_timeout: float = 30.0):
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        python: str | None = None,
+        faults: Mapping[str, Any] | None = None,
+        port: int = 0,
+        startup_timeout: float = 30.0,
+    ):
+        self.api_key = api_key  # the only key the emulator accepts (None: any)
+        self.python = python  # the interpreter sandboxes get as `python3`/`python`
+        self.initial_faults = dict(faults or {})
         self.port = port
         self.startup_timeout = startup_timeout
         self.url = ""  # the first line's last word
@@ -57,12 +70,23 @@ class EmulatorProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def arguments(self) -> list[str]:
-        """Command-line arguments after `--port N`."""
-        return []
+        """Command-line arguments after `--port N`; a subclass adds its own to these."""
+        command: list[str] = []
+        if self.api_key is not None:
+            command += ["--api-key", self.api_key]
+        if self.python is not None:
+            command += ["--python", self.python]
+        if self.initial_faults:
+            command += ["--faults", json.dumps(self.initial_faults)]
+        return command
+
+    def env(self) -> dict[str, str]:
+        """The variables the provider's SDK reads to reach this emulator."""
+        raise NotImplementedError
 
     # -- lifetime -------------------------------------------------------------------------------------
 
-    def start(self) -> EmulatorProcess:
+    def start(self: _P) -> _P:
         command = [sys.executable, "-m", self.module, "--port", str(self.port), *self.arguments()]
         env = {k: v for k, v in os.environ.items() if not k.startswith(self.private_env_prefixes)}
         self._process = subprocess.Popen(
@@ -107,7 +131,7 @@ class EmulatorProcess:
         if process.stdout is not None:
             process.stdout.close()
 
-    def __enter__(self) -> EmulatorProcess:
+    def __enter__(self: _P) -> _P:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

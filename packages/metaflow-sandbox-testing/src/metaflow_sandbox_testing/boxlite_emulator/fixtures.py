@@ -7,28 +7,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
+from ..emulator_fixtures import emulator_fixtures
 from .handle import BoxliteEmulator
 
-
-@pytest.fixture(scope="session")
-def boxlite_emulator_server() -> Iterator[BoxliteEmulator]:
-    with BoxliteEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def boxlite_emulator(boxlite_emulator_server: BoxliteEmulator) -> Iterator[BoxliteEmulator]:
-    boxlite_emulator_server.reset_faults()
-    yield boxlite_emulator_server
-    boxlite_emulator_server.reset_faults()
-
-
-@pytest.fixture
-def boxlite_env(boxlite_emulator: BoxliteEmulator, monkeypatch: pytest.MonkeyPatch) -> BoxliteEmulator:
-    for name, value in boxlite_emulator.env().items():
-        monkeypatch.setenv(name, value)
-    return boxlite_emulator
+boxlite_emulator_server, boxlite_emulator, boxlite_env = emulator_fixtures(
+    "boxlite", lambda request: BoxliteEmulator()
+)

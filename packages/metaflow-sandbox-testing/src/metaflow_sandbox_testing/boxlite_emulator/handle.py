@@ -9,7 +9,6 @@ with BoxliteEmulator(python="/path/to/clean/venv/bin/python") as boxlite:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,29 +40,13 @@ class BoxliteEmulator(EmulatorProcess):
         faults: Mapping[str, Any] | None = None,
         startup_timeout: float = 30.0,
     ):
-        super().__init__(port=port, startup_timeout=startup_timeout)
-        self.api_key, self.prefix, self.python = api_key, prefix, python
-        self.initial_faults = dict(faults or {})
+        super().__init__(
+            api_key=api_key, python=python, faults=faults, port=port, startup_timeout=startup_timeout
+        )
+        self.prefix = prefix
 
     def arguments(self) -> list[str]:
-        command: list[str] = []
-        for flag, value in (
-            ("--api-key", self.api_key),
-            ("--prefix", self.prefix),
-            ("--python", self.python),
-        ):
-            if value is not None:
-                command += [flag, value]
-        if self.initial_faults:
-            command += ["--faults", json.dumps(self.initial_faults)]
-        return command
-
-    def start(self) -> BoxliteEmulator:
-        super().start()
-        return self
-
-    def __enter__(self) -> BoxliteEmulator:
-        return self.start()
+        return super().arguments() + (["--prefix", self.prefix] if self.prefix is not None else [])
 
     def env(self) -> dict[str, str]:
         """The SDK's own variables: BOXLITE_REST_URL, BOXLITE_API_KEY and BOXLITE_REST_PATH_PREFIX."""

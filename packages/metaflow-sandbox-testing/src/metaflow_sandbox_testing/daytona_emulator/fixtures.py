@@ -10,10 +10,9 @@ import daytona_emulator, daytona_env`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
+from ..emulator_fixtures import emulator_fixtures
 from .handle import DaytonaEmulator
 
 
@@ -22,21 +21,6 @@ def daytona_image_python() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def daytona_emulator_server(daytona_image_python: str | None) -> Iterator[DaytonaEmulator]:
-    with DaytonaEmulator(python=daytona_image_python) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def daytona_emulator(daytona_emulator_server: DaytonaEmulator) -> Iterator[DaytonaEmulator]:
-    daytona_emulator_server.reset_faults()
-    yield daytona_emulator_server
-    daytona_emulator_server.reset_faults()
-
-
-@pytest.fixture
-def daytona_env(daytona_emulator: DaytonaEmulator, monkeypatch: pytest.MonkeyPatch) -> DaytonaEmulator:
-    for name, value in daytona_emulator.env().items():
-        monkeypatch.setenv(name, value)
-    return daytona_emulator
+daytona_emulator_server, daytona_emulator, daytona_env = emulator_fixtures(
+    "daytona", lambda request: DaytonaEmulator(python=request.getfixturevalue("daytona_image_python"))
+)

@@ -9,7 +9,6 @@ with DaytonaEmulator(python="/path/to/venv/bin/python") as daytona:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,33 +44,19 @@ class DaytonaEmulator(EmulatorProcess):
         host_paths: tuple[str, ...] = (),
         startup_timeout: float = 30.0,
     ):
-        super().__init__(port=port, startup_timeout=startup_timeout)
-        self.api_key = api_key
-        self.python = python
-        self.initial_faults = dict(faults or {})
+        super().__init__(
+            api_key=api_key, python=python, faults=faults, port=port, startup_timeout=startup_timeout
+        )
         self.state_dir = state_dir
         self.host_paths = host_paths
 
     def arguments(self) -> list[str]:
-        command: list[str] = []
-        if self.api_key is not None:
-            command += ["--api-key", self.api_key]
-        if self.python is not None:
-            command += ["--python", self.python]
+        command = super().arguments()
         if self.state_dir is not None:
             command += ["--state-dir", self.state_dir]
         for path in self.host_paths:
             command += ["--host-path", path]
-        if self.initial_faults:
-            command += ["--faults", json.dumps(self.initial_faults)]
         return command
-
-    def start(self) -> DaytonaEmulator:
-        super().start()
-        return self
-
-    def __enter__(self) -> DaytonaEmulator:
-        return self.start()
 
     # -- what the SDK needs ---------------------------------------------------------------------------
 

@@ -6,41 +6,21 @@ SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import sys
 
+from ..emulator_cli import run_emulator
 from .app import serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m metaflow_sandbox_testing.e2b_emulator",
+    return run_emulator(
+        serve,
+        module="metaflow_sandbox_testing.e2b_emulator",
+        name="E2B",
         description="A local emulator of E2B's API and envd, for the real e2b SDK.",
+        api_key_help="the only accepted X-API-KEY (default: any)",
+        argv=argv,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    parser.add_argument("--api-key", default=None, help="the only accepted X-API-KEY (default: any)")
-    parser.add_argument("--python", default=None, help="interpreter run by `python3`/`python` in sandboxes")
-    parser.add_argument("--faults", default=None, help="initial fault knobs as a JSON object")
-    args = parser.parse_args(argv)
-
-    def ready(url: str) -> None:
-        print(f"E2B emulator listening on {url}", flush=True)
-
-    faults = json.loads(args.faults) if args.faults else None
-    asyncio.run(
-        serve(
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            python=args.python,
-            faults=faults,
-            on_ready=ready,
-        )
-    )
-    return 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from e2b.envd.process import process_pb as pb
 from protobuf import Oneof
 
 from ..daytona_emulator.commands import STDOUT, Command
-from ..daytona_emulator.faults import cut_after_lines
+from ..fault_knobs import cut_after_lines
 from .control import registry_of
 from .sandboxes import ApiError, EmulatedSandbox
 

@@ -8,28 +8,7 @@ e2b_emulator, e2b_env`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
+from ..emulator_fixtures import emulator_fixtures
 from .handle import E2BEmulator
 
-
-@pytest.fixture(scope="session")
-def e2b_emulator_server() -> Iterator[E2BEmulator]:
-    with E2BEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def e2b_emulator(e2b_emulator_server: E2BEmulator) -> Iterator[E2BEmulator]:
-    e2b_emulator_server.reset_faults()
-    yield e2b_emulator_server
-    e2b_emulator_server.reset_faults()
-
-
-@pytest.fixture
-def e2b_env(e2b_emulator: E2BEmulator, monkeypatch: pytest.MonkeyPatch) -> E2BEmulator:
-    for name, value in e2b_emulator.env().items():
-        monkeypatch.setenv(name, value)
-    return e2b_emulator
+e2b_emulator_server, e2b_emulator, e2b_env = emulator_fixtures("e2b", lambda request: E2BEmulator())

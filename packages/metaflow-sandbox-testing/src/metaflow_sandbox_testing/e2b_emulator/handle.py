@@ -9,7 +9,6 @@ with E2BEmulator(python="/path/to/clean/venv/bin/python") as e2b:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,27 +37,9 @@ class E2BEmulator(EmulatorProcess):
         faults: Mapping[str, Any] | None = None,
         startup_timeout: float = 30.0,
     ):
-        super().__init__(port=port, startup_timeout=startup_timeout)
-        self.api_key = api_key
-        self.python = python
-        self.initial_faults = dict(faults or {})
-
-    def arguments(self) -> list[str]:
-        command: list[str] = []
-        if self.api_key is not None:
-            command += ["--api-key", self.api_key]
-        if self.python is not None:
-            command += ["--python", self.python]
-        if self.initial_faults:
-            command += ["--faults", json.dumps(self.initial_faults)]
-        return command
-
-    def start(self) -> E2BEmulator:
-        super().start()
-        return self
-
-    def __enter__(self) -> E2BEmulator:
-        return self.start()
+        super().__init__(
+            api_key=api_key, python=python, faults=faults, port=port, startup_timeout=startup_timeout
+        )
 
     def env(self) -> dict[str, str]:
         """The SDK's own variables: E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL (both this server)."""

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..daytona_emulator.commands import Command, Session
-from ..daytona_emulator.faults import find_marker
 from ..daytona_emulator.image import Image, login_profile
+from ..fault_knobs import find_marker
 from .faults import Faults
 
 HOME = "/home/user"

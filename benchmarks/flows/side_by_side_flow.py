@@ -1,14 +1,15 @@
 """The side-by-side flow: a foreach of `width` @daytona steps, then one @daytona step printing timestamped
 lines every 100 ms for 5 s. Runs unchanged under this project and under the predecessor (both register
-`@daytona`); the baseline is this file with its `@daytona` lines removed (the decorators must be the same
-inside the sandbox as on the launcher, so no environment switch)."""
+`@daytona` and `@e2b`: side_by_side.py writes it with the backend's decorator); the baseline is this file with
+its decorator lines removed (the decorators must be the same inside the sandbox as on the launcher, so no
+environment switch)."""
 
 import time
 
 from metaflow import FlowSpec, Parameter, daytona, step
 
 
-class DaytonaFlow(FlowSpec):
+class SideBySideFlow(FlowSpec):
     width = Parameter("width", default=20)
 
     @step
@@ -41,4 +42,4 @@ class DaytonaFlow(FlowSpec):
 
 
 if __name__ == "__main__":
-    DaytonaFlow()
+    SideBySideFlow()
