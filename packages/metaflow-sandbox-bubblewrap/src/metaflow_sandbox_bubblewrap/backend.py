@@ -46,6 +46,7 @@ class BubblewrapBackend(Backend):
         # Not DATASTORE: a backend declares a policy only if it enforces it, and bubblewrap has no egress
         # allow-list yet (a step on S3 gets the host's network; the runtime says so once per run).
         network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL}),
+        processes_end_with_command=True,  # each command is one bwrap: its PID namespace dies with it
     )
 
     def __init__(self, bwrap: str | None = None, state_dir: str | None = None):

@@ -41,6 +41,10 @@ class Capabilities:
     #: How many creations may be in progress at once on this machine, if limited
     #: (`METAFLOW_SANDBOX_<NAME>_CONCURRENT_CREATES` overrides).
     max_concurrent_creates: int | None = None
+    #: Every process a command starts ends when the command returns (e.g. its own PID namespace), so nothing
+    #: can still write what the sandbox shares once `run` has returned: the launcher may finish destroying the
+    #: sandbox after it has taken the results (the conformance suite checks the claim).
+    processes_end_with_command: bool = False
 
 
 @dataclass(frozen=True)

@@ -393,6 +393,22 @@ class BackendConformance:
         sandbox.destroy()
         backend.destroy(sandbox.id)
 
+    def test_processes_end_with_their_command_where_the_backend_says_so(
+        self, backend: Backend, sandbox: Sandbox
+    ) -> None:
+        """`Capabilities.processes_end_with_command`: what a command left in the background stops with it."""
+        if not backend.capabilities.processes_end_with_command:
+            pytest.skip(
+                f"{backend.name} does not claim processes_end_with_command (background processes run on)"
+            )
+        path = f"{sandbox.workdir}/ticks"
+        script = f"(while true; do echo tick >> {path}; sleep 0.02; done) & sleep 0.3"
+        assert sandbox.run(sh(script), timeout=COMMAND_TIMEOUT) == 0
+        ticks = sandbox.download(path)
+        assert ticks, "the background process never ran"
+        time.sleep(0.5)
+        assert sandbox.download(path) == ticks, "a background process kept running after its command returned"
+
     # -- the backend --------------------------------------------------------------------------------
 
     def test_create_goes_through_the_create_limiter(

@@ -7,6 +7,7 @@ failure that retrying the user's code will not fix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from metaflow_sandbox_core import (
     call_with_retries,
     load_backend,
 )
+from metaflow_sandbox_core.housekeeping import later
 from metaflow_sandbox_relay import RelayRefusedError, ServiceReplayError
 from metaflow_sandbox_runtime import Plan, bootstrap_source
 
@@ -165,10 +167,7 @@ class TaskExecutor:
             self.say(f"Interrupted ({interrupted}); the sandbox was destroyed.")
             return 128 + interrupted.signum
         finally:
-            if channel is not None:
-                channel.cleanup()
-            shutil.rmtree(self.staging, ignore_errors=True)
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            later(functools.partial(_tidy, channel, self.staging, self.scratch))  # after the result is out
             self._mark("cleanup")
             if self.launch.timings:
                 self.say("timings: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in self._timings))
@@ -280,6 +279,7 @@ class TaskExecutor:
     def _run_in_sandbox(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> int:
         started = time.monotonic()
         sandbox: Sandbox | None = None
+        returned = False  # the step's command returned (rather than timing out or failing)
         try:
             launch, pool = self.launch, self.warm_pool
             self._group = self._warm_group(backend, spec)
@@ -313,6 +313,7 @@ class TaskExecutor:
             code = sandbox.run(
                 plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=self.output
             )
+            returned = True
             if code > 128 and sandbox.memory_exceeded():  # killed by a signal: by the memory limit?
                 limit = f"memory={spec.memory_mb} MiB" if spec.memory_mb else "the backend's default memory"
                 self.say(
@@ -329,7 +330,18 @@ class TaskExecutor:
             return EXIT_INFRASTRUCTURE
         finally:
             if sandbox is not None:
-                sandbox.destroy()
+                if returned and backend.capabilities.processes_end_with_command:
+                    later(sandbox.destroy)  # nothing in it runs any more: its remains go after the result
+                else:
+                    sandbox.destroy()  # before the relay reads what the sandbox shared
+
+
+def _tidy(channel: Channel | None, *directories: str) -> None:
+    """Remove what a finished task left: its staging in the datastore and its directories here."""
+    if channel is not None:
+        channel.cleanup()
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _channel_dir(sandbox: Sandbox) -> str:

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 
-from metaflow_sandbox_core import Backend, load_backend
+from metaflow_sandbox_core import Backend, housekeeping, load_backend
 
 from . import host_protocol as wire
 from .host_client import EXIT_INFRASTRUCTURE, IDLE_ENV
@@ -79,6 +79,7 @@ class SandboxHost:
                 self._accept_until_idle(listener)
             finally:
                 self.warm_pool.close()
+                housekeeping.drain()  # the removals queued after tasks' results
 
     def _accept_until_idle(self, listener: socket.socket) -> None:
         while True:
