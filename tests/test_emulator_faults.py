@@ -109,14 +109,7 @@ def test_dropped_stream_keeps_result_and_complete_logs(faulty):
     run_id, task_id = project.query(  # type: ignore[misc]
         "t = Flow('FaultFlow').latest_run['work'].task\nresult = [t.pathspec.split('/')[1], t.id]"
     )
-    logs = subprocess.run(
-        project.command("fault_flow.py", "logs", f"{run_id}/work/{task_id}"),
-        cwd=project.root,
-        env=project.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    logs = project.run("fault_flow.py", "logs", f"{run_id}/work/{task_id}")
     for i in range(20):
         assert logs.stdout.count(f"LINE-{i}\n") == 1, logs.stdout
 

@@ -44,14 +44,7 @@ def test_artifacts_flow_both_ways_and_logs_exactly_once(project: Project):
     assert data["leaked"] == {}, "host environment leaked into the sandbox"
     assert data["stdout"].count("sandboxed stdout line") == 1
     assert data["stderr"].count("sandboxed stderr line") == 1
-    logs = subprocess.run(
-        project.command("artifacts_flow.py", "logs", f"{data['run']}/middle/{data['task']}"),
-        cwd=project.root,
-        env=project.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    logs = project.run("artifacts_flow.py", "logs", f"{data['run']}/middle/{data['task']}")
     assert logs.stdout.count("sandboxed stdout line") == 1
 
 
