@@ -154,11 +154,14 @@ class S3Access:
             self.endpoint_url or f"https://s3.{self.session.region_name or 'us-east-1'}.amazonaws.com"
         )
         port = url.port or (443 if url.scheme == "https" else 80)
-        return {
+        endpoint = {
             "host": url.hostname or "",
             "port": str(port),
             "what": f"the S3 datastore ({self.endpoint_url or 'AWS'})",
         }
+        if not self.endpoint_url:  # AWS addresses buckets as <bucket>.s3.<region>.amazonaws.com
+            endpoint["subdomains"] = "yes"
+        return endpoint
 
     def sandbox_credentials(
         self, mode: str, policy: dict, lifetime: float, name: str, say: Any
