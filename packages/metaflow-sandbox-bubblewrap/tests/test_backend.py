@@ -17,9 +17,9 @@ from metaflow_sandbox_bubblewrap import BubblewrapBackend, probe
 from metaflow_sandbox_bubblewrap.state import STATE_DIR_ENV, StateRoot
 from metaflow_sandbox_core import (
     ConfigError,
+    EgressKind,
     Isolation,
     Mount,
-    EgressKind,
     NetworkPolicy,
     SandboxSpec,
     UnavailableError,

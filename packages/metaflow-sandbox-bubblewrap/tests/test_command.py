@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from metaflow_sandbox_bubblewrap.command import (
     BASE_ENV,
     HostSystem,

@@ -27,7 +27,7 @@ except Exception as error:
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         body = f"hello from {self.server.server_address[1]}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -64,7 +64,9 @@ def test_datastore_policy_reaches_the_datastore_endpoint_and_nothing_else(
     sandbox = create_bubblewrap(network="datastore", network_allow=(f"127.0.0.1:{datastore}",))
     assert fetch(shell, sandbox, f"http://127.0.0.1:{datastore}/") == f"hello from {datastore}"
     assert fetch(shell, sandbox, f"http://127.0.0.1:{other}/") == "FAILED HTTPError 403"  # host loopback
-    assert fetch(shell, sandbox, f"http://localhost:{datastore}/") == "FAILED HTTPError 403"  # not by that name
+    assert (
+        fetch(shell, sandbox, f"http://localhost:{datastore}/") == "FAILED HTTPError 403"
+    )  # not by that name
     assert any(f"127.0.0.1:{other}" in line for line in sandbox.egress.refused)  # type: ignore[union-attr]
 
 
@@ -101,7 +103,9 @@ def test_no_direct_route_dns_or_udp_inside(
     sandbox.upload(PROBE.encode(), "/tmp/probe.py")
     code, output = shell(sandbox, f"/usr/bin/python3 -I /tmp/probe.py {datastore}")
     assert code == 0, output
-    assert output.split() == ["tcp", "blocked", "internet", "blocked", "dns", "blocked", "udp", "blocked"], output
+    assert output.split() == ["tcp", "blocked", "internet", "blocked", "dns", "blocked", "udp", "blocked"], (
+        output
+    )
 
 
 def test_allow_list_reaches_the_allowed_host_and_not_another(
@@ -126,7 +130,7 @@ def test_connect_tunnels_only_to_allowed_destinations(
 
 
 def _resolver(addresses: dict[str, str]):
-    def resolve(host: str, port: int, type: int = 0) -> list[tuple]:  # noqa: A002 - getaddrinfo's name
+    def resolve(host: str, port: int, type: int = 0) -> list[tuple]:
         if host not in addresses:
             raise socket.gaierror("unknown name")
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addresses[host], port))]
@@ -137,13 +141,26 @@ def _resolver(addresses: dict[str, str]):
 def test_rules_check_the_resolved_address_and_never_reach_loopback_through_a_wildcard() -> None:
     rules = EgressRules(
         ["*.example.com", "api.example.org:443", "10.0.0.0/8"],
-        resolve=_resolver({"a.example.com": "93.184.0.1", "evil.example.com": "127.0.0.1",
-                           "meta.example.com": "169.254.169.254", "api.example.org": "10.1.1.1"}),
+        resolve=_resolver(
+            {
+                "a.example.com": "93.184.0.1",
+                "evil.example.com": "127.0.0.1",
+                "meta.example.com": "169.254.169.254",
+                "api.example.org": "10.1.1.1",
+            }
+        ),
     )
     assert rules.allowed("a.example.com", 8080) == ("93.184.0.1", 8080)
     assert rules.allowed("api.example.org", 443) == ("10.1.1.1", 443)
     assert rules.allowed("10.2.3.4", 22) == ("10.2.3.4", 22)
-    for host, port in [("evil.example.com", 80), ("meta.example.com", 80), ("api.example.org", 80),
-                       ("example.com", 443), ("11.0.0.1", 22), ("169.254.169.254", 80), ("nowhere.example.net", 1)]:
+    for host, port in [
+        ("evil.example.com", 80),
+        ("meta.example.com", 80),
+        ("api.example.org", 80),
+        ("example.com", 443),
+        ("11.0.0.1", 22),
+        ("169.254.169.254", 80),
+        ("nowhere.example.net", 1),
+    ]:
         with pytest.raises(Refused):
             rules.allowed(host, port)

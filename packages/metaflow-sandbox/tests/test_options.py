@@ -12,7 +12,10 @@ def test_parses_strings_from_with():
 
 def test_a_list_of_destinations_is_filtered_egress():
     opts = parse_options({"network": ["api.example.com:443", "*.example.org"]})
-    assert (opts.network, opts.egress_allow) == (NetworkPolicy.DATASTORE, ("api.example.com:443", "*.example.org"))
+    assert (opts.network, opts.egress_allow) == (
+        NetworkPolicy.DATASTORE,
+        ("api.example.com:443", "*.example.org"),
+    )
     opts = parse_options({"network": '["10.0.0.0/8"]'})  # the --with form
     assert (opts.network, opts.egress_allow) == (NetworkPolicy.DATASTORE, ("10.0.0.0/8",))
     assert parse_options({"network": "datastore"}).egress_allow == ()
@@ -29,7 +32,10 @@ def test_a_list_of_destinations_is_filtered_egress():
         ({"network": "some"}, "not a network policy"),
         ({"colour": "red"}, "Unknown sandbox attribute"),
         ({"network": ["https://api.example.com"]}, "not a URL"),
-        ({"network": ["*.com"]}, "network entry '<asterisk>.com': the wildcard would cover a whole top-level"),
+        (
+            {"network": ["*.com"]},
+            "network entry '<asterisk>.com': the wildcard would cover a whole top-level",
+        ),
         ({"network": []}, "say network='datastore'"),
         ({"network": '["api.example.com"'}, "is not a JSON list"),
         ({"network": 5}, "a list of destinations such as"),

@@ -37,8 +37,8 @@ from metaflow_sandbox_core import (
     create_limits,
     default_state_dir,
     labels_match,
+    parse_destination,
 )
-from metaflow_sandbox_core import parse_destination
 from metaflow_sandbox_core.aio import at_exit, call
 
 from .probe import DEFAULT_TIMEOUT, boot_problem
@@ -154,7 +154,11 @@ class BoxliteBackend(Backend):
                 )
             source = {"rootfs_path": os.path.abspath(image) if not self.rest_url else image}
         outbound = boxlite.OutboundNetworkSpec(mode="enabled")
-        allow = self._allow(spec.network_allow, spec.egress_allow) if spec.network is NetworkPolicy.DATASTORE else []
+        allow = (
+            self._allow(spec.network_allow, spec.egress_allow)
+            if spec.network is NetworkPolicy.DATASTORE
+            else []
+        )
         if spec.network is NetworkPolicy.NONE or (spec.network is NetworkPolicy.DATASTORE and not allow):
             outbound = boxlite.OutboundNetworkSpec(mode="disabled")
         elif spec.network is NetworkPolicy.DATASTORE:

@@ -16,7 +16,8 @@ SOCKET_NAME = "proxy.sock"
 #: The interpreter that runs the forwarder (the host's /usr is bound read-only into every sandbox).
 FORWARDER_PYTHON = "/usr/bin/python3"
 
-FORWARDER_SOURCE = r"""
+FORWARDER_SOURCE = (
+    r"""
 import os, socket, sys, threading
 path, argv = sys.argv[1], sys.argv[3:]
 listener = socket.socket()
@@ -62,7 +63,9 @@ try:
 except OSError as error:
     sys.stderr.write("bwrap: execvp %%s: %%s\n" %% (argv[0], error.strerror))
     os._exit(127 if isinstance(error, FileNotFoundError) else 126)
-""" % PROXY_PORT
+"""
+    % PROXY_PORT
+)
 
 
 def proxy_env() -> dict[str, str]:

@@ -65,8 +65,10 @@ class EgressRules:
             raise Refused(f"{host} does not resolve ({error})")
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
-            if _special(address) and not exact_localhost and not any(
-                d.matches_address(address, port) for d in self.destinations
+            if (
+                _special(address)
+                and not exact_localhost
+                and not any(d.matches_address(address, port) for d in self.destinations)
             ):
                 continue
             return str(address), port
@@ -123,7 +125,9 @@ class EgressProxy:
             else:
                 url = urlsplit(target)
                 if url.scheme != "http" or not url.hostname:
-                    raise Refused(f"{method} {target[:100]!r}: only CONNECT and absolute http:// requests pass")
+                    raise Refused(
+                        f"{method} {target[:100]!r}: only CONNECT and absolute http:// requests pass"
+                    )
                 host, port = url.hostname, url.port or 80
                 upstream = self._open(client, host, port)
                 path = url.path or "/"
@@ -186,9 +190,7 @@ def _origin_form(head: bytes, method: str, path: str, version: str) -> bytes:
     """The request for the origin server: origin-form request line, no proxy headers, one request only."""
     lines = head.split(b"\r\n")[1:]
     kept = [
-        line
-        for line in lines
-        if not line.lower().startswith((b"proxy-", b"connection:", b"keep-alive:"))
+        line for line in lines if not line.lower().startswith((b"proxy-", b"connection:", b"keep-alive:"))
     ]
     first = f"{method} {path} {version}".encode("latin-1")
     return b"\r\n".join([first, *kept, b"Connection: close"]) + b"\r\n\r\n"

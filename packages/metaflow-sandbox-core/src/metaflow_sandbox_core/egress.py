@@ -23,8 +23,8 @@ from .errors import ConfigError
 #: One DNS label: letters, digits, hyphens inside, 1-63 characters (underscores are tolerated, as in SRV).
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007 - evaluated at import, Python 3.9
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]  # noqa: UP007
 
 
 class EgressKind(str, enum.Enum):
@@ -83,7 +83,8 @@ def _check_name(entry: str, name: str) -> None:
     labels = name.split(".")
     if any(not _LABEL.match(label) for label in labels):
         raise _bad(
-            entry, "not a host name; use letters, digits, hyphens and dots, e.g. 'api.example.com' (no scheme, path or spaces)"
+            entry,
+            "not a host name; use letters, digits, hyphens and dots, e.g. 'api.example.com' (no scheme, path or spaces)",
         )
 
 
@@ -102,7 +103,7 @@ def parse_destination(entry: object) -> Destination:
         raise _bad(entry, "empty; remove it")
     if text != entry.lower() or " " in text:
         raise _bad(entry, "remove the spaces")
-    if "://" in text or "/" in text and not _looks_like_cidr(text):
+    if "://" in text or ("/" in text and not _looks_like_cidr(text)):
         raise _bad(entry, "give a host, host:port, *.domain or CIDR, not a URL (e.g. 'api.example.com:443')")
     if text in ("*", "0.0.0.0/0", "::/0") or text.startswith("*:"):
         raise _bad(entry, "allows every destination; use network='full' to say so")
@@ -118,7 +119,9 @@ def parse_destination(entry: object) -> Destination:
             raise _bad(entry, "a *.domain entry allows every port; remove the port")
         _check_name(entry, domain)
         if "." not in domain:
-            raise _bad(entry, "the wildcard would cover a whole top-level domain; name a domain like '*.example.com'")
+            raise _bad(
+                entry, "the wildcard would cover a whole top-level domain; name a domain like '*.example.com'"
+            )
         return Destination(entry, EgressKind.WILDCARD, domain)
     if "*" in text:
         raise _bad(entry, "'*' is allowed only as the first label, as in '*.example.com'")
@@ -145,7 +148,10 @@ def parse_destination(entry: object) -> Destination:
         kind = EgressKind.HOST_PORT if port else EgressKind.HOST
         return Destination(entry, kind, str(address), port, network)
     if ":" in host:
-        raise _bad(entry, "not an IP address; put an IPv6 address in brackets to add a port, e.g. '[2001:db8::1]:443'")
+        raise _bad(
+            entry,
+            "not an IP address; put an IPv6 address in brackets to add a port, e.g. '[2001:db8::1]:443'",
+        )
     host = host.rstrip(".")
     _check_name(entry, host)
     return Destination(entry, EgressKind.HOST_PORT if port else EgressKind.HOST, host, port)
@@ -163,7 +169,9 @@ def parse_allow_list(value: object) -> tuple[str, ...]:
             "['api.example.com:443', '*.example.org', '10.0.0.0/8']."
         )
     if not value:
-        raise ConfigError("network=[] allows nothing beyond the datastore; say network='datastore' (or 'none').")
+        raise ConfigError(
+            "network=[] allows nothing beyond the datastore; say network='datastore' (or 'none')."
+        )
     entries: list[str] = []
     for entry in value:
         parse_destination(entry)

@@ -28,7 +28,9 @@ class NetworkPolicy(str, enum.Enum):
     """How much network a sandbox gets."""
 
     NONE = "none"  # no network at all
-    DATASTORE = "datastore"  # only the datastore's endpoints and the step's allow-list (`SandboxSpec.egress_allow`)
+    DATASTORE = (
+        "datastore"  # only the datastore's endpoints and the step's allow-list (`SandboxSpec.egress_allow`)
+    )
     FULL = "full"  # unrestricted egress
 
     @classmethod

@@ -77,7 +77,9 @@ def plan_create(spec: SandboxSpec) -> CreatePlan:
     lifetime = max_lifetime if spec.timeout is None else min(spec.timeout + LIFETIME_GRACE, max_lifetime)
     network = None
     if spec.network is NetworkPolicy.DATASTORE:
-        hosts = sorted({_host(entry) for entry in spec.network_allow} | {_allow_out(e) for e in spec.egress_allow})
+        hosts = sorted(
+            {_host(entry) for entry in spec.network_allow} | {_allow_out(e) for e in spec.egress_allow}
+        )
         network = {"deny_out": [ALL_TRAFFIC], "allow_out": hosts}
     return CreatePlan(
         template=spec.image or template or DEFAULT_TEMPLATE,

@@ -183,9 +183,7 @@ class SandboxDecorator(StepDecorator):
         )
         if options.network is not None:
             try:
-                backend.check_network(
-                    SandboxSpec(network=options.network, egress_allow=options.egress_allow)
-                )
+                backend.check_network(SandboxSpec(network=options.network, egress_allow=options.egress_allow))
             except ConfigError as error:  # Metaflow drops asterisks from printed errors: spell them out
                 raise ConfigError(str(error).replace("*", "<asterisk>")) from None
         falls_back = (

@@ -87,7 +87,9 @@ def _network(value: Any) -> tuple[NetworkPolicy | None, tuple[str, ...]]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise ConfigError(f"network={_shown(value)} is not a JSON list; use e.g. network='[\"api.example.com:443\"]'.")
+            raise ConfigError(
+                f"network={_shown(value)} is not a JSON list; use e.g. network='[\"api.example.com:443\"]'."
+            )
     try:
         if isinstance(value, (str, NetworkPolicy)):
             return NetworkPolicy.parse(value), ()
