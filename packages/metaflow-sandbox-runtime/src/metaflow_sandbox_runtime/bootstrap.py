@@ -32,7 +32,22 @@ READ_SIZE = 1 << 16
 EXTRACTED_MARKER = ".metaflow-sandbox-extracted"
 EXIT_UNREACHABLE = 202  # an infrastructure failure: Metaflow does not retry it
 DRAIN_SECONDS = 0.5  # how long to keep reading after the step exited while its pipes stay open
-INHERITED = ("PATH", "HOME", "LANG", "TMPDIR", "USER")  # from the sandbox's (backend-made) environment
+#: From the sandbox's (backend-made) environment; the proxy settings are how a sandbox with filtered egress
+#: reaches anything (bubblewrap's egress proxy).
+INHERITED = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "USER",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "no_proxy",
+)
 
 
 def _extract_package(archive, dest):
