@@ -28,7 +28,7 @@ NOT_ENFORCED = (
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         body = f"hello {self.server.server_address[1]}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
