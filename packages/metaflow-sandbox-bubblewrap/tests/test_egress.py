@@ -164,3 +164,41 @@ def test_rules_check_the_resolved_address_and_never_reach_loopback_through_a_wil
     ]:
         with pytest.raises(Refused):
             rules.allowed(host, port)
+
+
+def test_plain_http_is_sent_in_origin_form_without_proxy_headers(tmp_path) -> None:
+    """The proxy alone (no bwrap): what the origin server receives for an absolute-form request."""
+    from metaflow_sandbox_bubblewrap.egress_proxy import EgressProxy
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+    port = upstream.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:
+        connection, _ = upstream.accept()
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(4096)
+            received.append(data)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = EgressProxy(str(tmp_path / "p.sock"), EgressRules([f"127.0.0.1:{port}"]))
+    try:
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(proxy.socket_path)
+        client.sendall(
+            f"GET http://127.0.0.1:{port}/a?b=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Proxy-Authorization: Basic eA==\r\nConnection: keep-alive\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+        assert answer.endswith(b"\r\n\r\nok")
+        head = received[0].decode()
+        assert head.startswith("GET /a?b=1 HTTP/1.1\r\n") and "Connection: close" in head
+        assert "Proxy-Authorization" not in head and "keep-alive" not in head
+    finally:
+        proxy.close()
+        upstream.close()

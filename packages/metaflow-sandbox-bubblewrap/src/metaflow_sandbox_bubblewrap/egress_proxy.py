@@ -29,6 +29,8 @@ from metaflow_sandbox_core.egress import IPAddress, ip_or_none
 #: Longest request head (request line and headers) the proxy reads.
 MAX_HEAD = 64 * 1024
 CONNECT_TIMEOUT = 10.0
+#: Connections one sandbox may have open through the proxy at once (each is a thread in the launcher).
+MAX_CONNECTIONS = 128
 #: How long a tunnel may stay silent in both directions before the proxy closes it.
 IDLE_TIMEOUT = 600.0
 
@@ -87,6 +89,7 @@ class EgressProxy:
         os.chmod(socket_path, 0o666)  # the directory (the sandbox user's, 0700) guards it
         self._server.listen(64)
         self._closed = False
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread = threading.Thread(target=self._accept, name="egress-proxy", daemon=True)
         self._thread.start()
 
@@ -108,6 +111,13 @@ class EgressProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if not self._slots.acquire(blocking=False):
+                self.refused.append(f"more than {MAX_CONNECTIONS} connections at once")
+                _answer(
+                    client, 503, f"metaflow-sandbox egress: more than {MAX_CONNECTIONS} connections at once"
+                )
+                client.close()
+                continue
             threading.Thread(target=self._serve, args=(client,), name="egress-conn", daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
@@ -144,6 +154,7 @@ class EgressProxy:
             client.close()
             if upstream is not None:
                 upstream.close()
+            self._slots.release()
 
     def _open(self, client: socket.socket, host: str, port: int | None) -> socket.socket:
         if port is None:
@@ -198,7 +209,7 @@ def _origin_form(head: bytes, method: str, path: str, version: str) -> bytes:
 
 def _answer(client: socket.socket, status: int, message: str) -> None:
     body = (message + "\n").encode()
-    reason = {403: "Forbidden", 502: "Bad Gateway"}[status]
+    reason = {403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}[status]
     try:
         client.sendall(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"

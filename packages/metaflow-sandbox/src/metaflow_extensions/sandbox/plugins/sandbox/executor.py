@@ -198,7 +198,9 @@ class TaskExecutor:
             allow = []
             for endpoint in channel.endpoints():
                 allow.append(f"{_host(endpoint['host'])}:{endpoint['port']}")
-                allow += [f"{host}:{endpoint['port']}" for host in endpoint.get("also", "").split(",") if host]
+                allow += [
+                    f"{host}:{endpoint['port']}" for host in endpoint.get("also", "").split(",") if host
+                ]
             spec["network_allow"] = tuple(allow)
         spec["egress_allow"] = tuple(spec.get("egress_allow") or ())
         labels = {**launch.labels, **self.extra_labels}

@@ -159,7 +159,9 @@ class S3Access:
             "port": str(port),
             "what": f"the S3 datastore ({self.endpoint_url or 'AWS'})",
         }
-        if not self.endpoint_url:  # AWS also answers as <bucket>.s3.<region>.amazonaws.com (and, in us-east-1,
+        if (
+            not self.endpoint_url
+        ):  # AWS also answers as <bucket>.s3.<region>.amazonaws.com (and, in us-east-1,
             # at the global s3.amazonaws.com): the sandbox's allow-list names these hosts too
             hosts = [f"{self.root.bucket}.{url.hostname}"]
             if (self.session.region_name or "us-east-1") == "us-east-1":
