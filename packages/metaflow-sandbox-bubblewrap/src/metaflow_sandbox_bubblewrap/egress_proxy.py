@@ -44,18 +44,18 @@ def _special(address: IPAddress) -> bool:
 
 
 class EgressRules:
-    """The allow-list of one sandbox: `allowed(host, port)` → the address to connect to, or `Refused`."""
+    """The allow-list of one sandbox: `allowed(host, port)` → the addresses it may connect to, or `Refused`."""
 
     def __init__(self, entries: Iterable[str], resolve=socket.getaddrinfo):
         self.destinations: tuple[Destination, ...] = tuple(parse_destination(e) for e in entries)
         self._resolve = resolve
 
-    def allowed(self, host: str, port: int) -> tuple[str, int]:
+    def allowed(self, host: str, port: int) -> list[str]:
         host = host.lower().strip("[]").rstrip(".")
         literal = ip_or_none(host)
         if literal is not None:
             if any(d.matches_address(literal, port) for d in self.destinations):
-                return str(literal), port
+                return [str(literal)]
             raise Refused(f"{host}:{port} is not on the sandbox's allow-list")
         matched = [d for d in self.destinations if d.network is None and d.matches_name(host, port)]
         if not matched:
@@ -65,6 +65,7 @@ class EgressRules:
             infos = self._resolve(host, port, type=socket.SOCK_STREAM)
         except OSError as error:
             raise Refused(f"{host} does not resolve ({error})")
+        addresses: list[str] = []
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
             if (
@@ -73,7 +74,10 @@ class EgressRules:
                 and not any(d.matches_address(address, port) for d in self.destinations)
             ):
                 continue
-            return str(address), port
+            if str(address) not in addresses:
+                addresses.append(str(address))
+        if addresses:
+            return addresses
         raise Refused(f"{host} resolves only to host-local addresses, which the allow-list does not name")
 
 
@@ -159,8 +163,13 @@ class EgressProxy:
     def _open(self, client: socket.socket, host: str, port: int | None) -> socket.socket:
         if port is None:
             raise ValueError("CONNECT needs host:port")
-        address, port = self.rules.allowed(host, port)
-        return socket.create_connection((address, port), timeout=CONNECT_TIMEOUT)
+        error: OSError | None = None
+        for address in self.rules.allowed(host, port):  # checked addresses only, never resolved again
+            try:
+                return socket.create_connection((address, port), timeout=CONNECT_TIMEOUT)
+            except OSError as failure:
+                error = failure
+        raise error or OSError(f"cannot connect to {host}:{port}")
 
 
 def _read_head(client: socket.socket) -> tuple[bytes, bytes]:
