@@ -4,6 +4,7 @@ on 127.0.0.1 standing in for the datastore and for "the internet" (no traffic le
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -68,6 +69,11 @@ def test_datastore_policy_reaches_the_datastore_endpoint_and_nothing_else(
         fetch(shell, sandbox, f"http://localhost:{datastore}/") == "FAILED HTTPError 403"
     )  # not by that name
     assert any(f"127.0.0.1:{other}" in line for line in sandbox.egress.refused)  # type: ignore[union-attr]
+    # The proxy's socket lives in the sandbox's own directory, so every way of destroying it removes it.
+    directory = sandbox.egress.directory  # type: ignore[union-attr]
+    assert directory.startswith(sandbox.layout.host_dir + "/")
+    sandbox.destroy()
+    assert not os.path.exists(directory)
 
 
 PROBE = """

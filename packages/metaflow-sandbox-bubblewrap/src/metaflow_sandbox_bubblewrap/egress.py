@@ -24,6 +24,10 @@ def check_forwarder(spec: SandboxSpec) -> None:
         )
 
 
+#: The longest unix socket path this module uses (the kernel's limit is 107 bytes).
+MAX_SOCKET_PATH = 100
+
+
 class SandboxEgress:
     """The proxy for `spec.network_allow` (the datastore's endpoints) plus `spec.egress_allow` (the step's)."""
 
@@ -32,13 +36,18 @@ class SandboxEgress:
         self.proxy = proxy
 
     @classmethod
-    def start(cls, spec: SandboxSpec, user: SandboxUser) -> SandboxEgress | None:
+    def start(cls, spec: SandboxSpec, user: SandboxUser, host_dir: str) -> SandboxEgress | None:
         if spec.network is not NetworkPolicy.DATASTORE:
             return None
         check_forwarder(spec)
         rules = EgressRules([*spec.network_allow, *spec.egress_allow])
-        # A short path: unix socket paths are limited to 107 bytes.
-        directory = tempfile.mkdtemp(prefix="mfs-egress-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        # In the sandbox's host directory (removed with it, also by `destroy` from another process) unless the
+        # path is too long for a unix socket (107 bytes): then a private directory under /tmp.
+        directory = os.path.join(host_dir, "egress")
+        if len(os.path.join(directory, SOCKET_NAME)) <= MAX_SOCKET_PATH:
+            os.mkdir(directory, 0o700)
+        else:
+            directory = tempfile.mkdtemp(prefix="mfs-egress-", dir="/tmp" if os.path.isdir("/tmp") else None)
         try:
             proxy = EgressProxy(os.path.join(directory, SOCKET_NAME), rules)
             user.give(directory)  # 0700: only the sandbox's user (and the launcher) reach the socket

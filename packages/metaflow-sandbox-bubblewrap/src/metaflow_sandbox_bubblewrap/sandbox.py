@@ -63,7 +63,7 @@ class BubblewrapSandbox(Sandbox):
         #: What upload/download reach: the private directories, then the mounts (innermost wins).
         self._file_binds = (*layout.private_binds(), *mount_binds(spec.mounts))
         #: The filtering proxy of a sandbox with `NetworkPolicy.DATASTORE` (see `egress.py`), else None.
-        self.egress = SandboxEgress.start(spec, user)
+        self.egress = SandboxEgress.start(spec, user, layout.host_dir)
         egress_binds = self.egress.binds() if self.egress else ()
         self._binds = (*layout.identity_binds(), *self._file_binds, *egress_binds)
         LIVE_SANDBOXES[self.id] = self
