@@ -64,6 +64,54 @@ CASES = {
         "trusted_types=['numpy', '<asterisk>']: the asterisk accepts every pickle on its own",
     ),
     "trusted-types-wildcard": ("@sandbox(trusted_types=['numpy.*'])", "takes no wildcard; write 'numpy'"),
+    # Allow-lists (network=[...]): each malformed entry names its fix.
+    "network-url": (
+        "@bubblewrap(network=['https://api.example.com'])",
+        "not a URL (e.g. 'api.example.com:443')",
+    ),
+    "network-port-range": (
+        "@bubblewrap(network=['api.example.com:99999'])",
+        "must be a number from 1 to 65535",
+    ),
+    "network-everything": (
+        "@bubblewrap(network=['0.0.0.0/0'])",
+        "allows every destination; use network='full'",
+    ),
+    "network-tld-wildcard": (
+        "@bubblewrap(network=['*.com'])",
+        "network entry '<asterisk>.com': the wildcard would cover a whole top-level domain",
+    ),
+    "network-wildcard-port": (
+        "@bubblewrap(network=['*.example.com:443'])",
+        "allows every port; remove the port",
+    ),
+    "network-cidr-host-bits": (
+        "@bubblewrap(network=['10.0.0.1/8'])",
+        "write the network address, e.g. '10.0.0.0/8'",
+    ),
+    "network-empty-list": ("@bubblewrap(network=[])", "network=[] allows nothing beyond the datastore"),
+    "network-entry-not-text": ("@bubblewrap(network=[443])", "allow-list entries are strings"),
+    "network-host-name": ("@bubblewrap(network=['api example.com'])", "remove the spaces"),
+}
+
+#: Allow-list forms a backend cannot enforce: refused naming what it can (never silently wider).
+BACKEND_CASES = {
+    "network-port-on-e2b": (
+        "@e2b(network=['api.example.com:443'])",
+        "network entry 'api.example.com:443' is a host:port entry, which the e2b backend cannot enforce: it "
+        "enforces only host, <asterisk>.domain, CIDR entries.",
+        {"E2B_API_KEY": "e2b_0000"},
+    ),
+    "network-wildcard-on-daytona": (
+        "@daytona(network=['*.example.com'])",
+        "which the daytona backend cannot enforce: it enforces only host, CIDR entries.",
+        {"DAYTONA_API_KEY": "dtn_0000"},
+    ),
+    "network-ipv6-on-boxlite": (
+        "@boxlite(network=['2001:db8::/32'])",
+        "boxlite's allow_net takes host names, wildcards, IPv4 addresses and IPv4 CIDRs only",
+        {"BOXLITE_REST_URL": "http://127.0.0.1:9"},
+    ),
 }
 
 
@@ -105,10 +153,18 @@ def test_a_backend_that_is_not_installed_names_its_pip_install(tmp_path):
     assert "Traceback" not in output, output
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(BACKEND_CASES))
 def test_bad_decorator_input(tmp_path, case):
-    decorators, message = CASES[case]
-    result, cache = run_bad(tmp_path, decorators)
+    if case in BACKEND_CASES:
+        decorators, message, env = BACKEND_CASES[case]
+        from metaflow_sandbox_core import available_backends
+
+        backend = decorators[1:].split("(", 1)[0]
+        if backend not in available_backends():
+            pytest.skip(f"the {backend} backend is not installed in this environment")
+    else:
+        (decorators, message), env = CASES[case], {}
+    result, cache = run_bad(tmp_path, decorators, env)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert message in output, output

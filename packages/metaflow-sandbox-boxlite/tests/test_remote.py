@@ -56,6 +56,9 @@ def test_sizes_and_network_reach_the_create_request(
     create(cpu=1.5, memory_mb=1024, disk_mb=1500, network="none")
     create(network="datastore", network_allow=("s3.example.com:443", "127.0.0.1:9000", "s3.example.com:80"))
     create(network="datastore")  # nothing to reach: no network at all
+    create(
+        network="datastore", network_allow=("127.0.0.1:9000",), egress_allow=("*.example.org", "10.0.0.0/8")
+    )
     requests = [box["request"] for box in sorted(emulator.live_boxes(), key=lambda b: b["created_at"])]
     assert {k: requests[0][k] for k in ("cpus", "memory_mib", "disk_size_gb")} == {
         "cpus": 2,
@@ -65,6 +68,10 @@ def test_sizes_and_network_reach_the_create_request(
     assert requests[0]["network"] == {"mode": "disabled"}
     assert requests[1]["network"] == {"mode": "enabled", "allow_net": ["s3.example.com", "127.0.0.1"]}
     assert requests[2]["network"] == {"mode": "disabled"}
+    assert requests[3]["network"] == {
+        "mode": "enabled",
+        "allow_net": ["127.0.0.1", "*.example.org", "10.0.0.0/8"],
+    }
     assert all(r["auto_delete"] == 60 and r["name"].startswith("mfs-") for r in requests)
 
 
@@ -216,3 +223,14 @@ def test_tasks_that_succeed_exit_zero(emulator: BoxliteEmulator, tmp_path) -> No
         for _ in range(12)
     ]
     assert codes == [0] * 12
+
+
+@pytest.mark.parametrize(
+    ("entry", "fix"),
+    [("api.example.com:443", "enforces only host, "), ("2001:db8::/32", "IPv4 CIDRs only")],
+)
+def test_allow_list_forms_boxlite_cannot_take_are_refused(
+    backend: BoxliteBackend, entry: str, fix: str
+) -> None:
+    with pytest.raises(ConfigError, match=fix):
+        backend.create(SandboxSpec(network="datastore", egress_allow=(entry,)))

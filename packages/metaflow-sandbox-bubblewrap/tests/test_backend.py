@@ -17,6 +17,7 @@ from metaflow_sandbox_bubblewrap import BubblewrapBackend, probe
 from metaflow_sandbox_bubblewrap.state import STATE_DIR_ENV, StateRoot
 from metaflow_sandbox_core import (
     ConfigError,
+    EgressKind,
     Isolation,
     Mount,
     NetworkPolicy,
@@ -31,8 +32,9 @@ def test_registered_under_its_entry_point() -> None:
     assert isinstance(backend, BubblewrapBackend)
     assert backend.capabilities.isolation is Isolation.NAMESPACES
     assert backend.capabilities.local and backend.capabilities.can_mount
-    # DATASTORE is not claimed: there is no egress allow-list to enforce it yet.
-    assert backend.capabilities.network_policies == frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL})
+    # DATASTORE is enforced by the egress proxy (test_egress.py), for every form of allow-list entry.
+    assert backend.capabilities.network_policies == frozenset(NetworkPolicy)
+    assert backend.capabilities.egress_kinds == frozenset(EgressKind)
 
 
 def test_missing_bwrap_on_path_names_the_install_command(

@@ -30,10 +30,32 @@ def test_network_none_blocks_everything_full_allows() -> None:
     assert plan_create(SandboxSpec(network=NetworkPolicy.FULL)).network_block_all is False
 
 
-def test_datastore_network_is_refused() -> None:
-    with pytest.raises(ConfigError, match="network='full'"):
-        plan_create(SandboxSpec(network=NetworkPolicy.DATASTORE))
-    assert NetworkPolicy.DATASTORE not in DaytonaBackend.capabilities.network_policies
+def test_datastore_network_maps_onto_daytonas_allow_lists() -> None:
+    plan = plan_create(
+        SandboxSpec(
+            network=NetworkPolicy.DATASTORE,
+            network_allow=("127.0.0.1:9000", "s3.example.com:443"),
+            egress_allow=("api.example.org", "10.0.0.0/8", "10.1.2.3"),
+        )
+    )
+    assert plan.network_block_all is False
+    assert plan.network_allow_list == "127.0.0.1/32,10.0.0.0/8,10.1.2.3/32"
+    assert plan.domain_allow_list == "s3.example.com,api.example.org"
+    # Nothing to allow: everything is blocked (never silently wider).
+    assert plan_create(SandboxSpec(network=NetworkPolicy.DATASTORE)).network_block_all is True
+    assert NetworkPolicy.DATASTORE in DaytonaBackend.capabilities.network_policies
+
+
+def test_allow_list_forms_daytona_cannot_enforce_are_refused_naming_what_it_can() -> None:
+    backend = DaytonaBackend.__new__(DaytonaBackend)
+    for entry, fix in [
+        ("*.example.com", "enforces only host, CIDR entries"),
+        ("api.example.com:443", "enforces only host, CIDR entries"),
+    ]:
+        with pytest.raises(ConfigError, match=fix):
+            backend.check_network(SandboxSpec(network=NetworkPolicy.DATASTORE, egress_allow=(entry,)))
+    with pytest.raises(ConfigError, match="IPv4 addresses and CIDRs only"):
+        plan_create(SandboxSpec(network=NetworkPolicy.DATASTORE, egress_allow=("2001:db8::/32",)))
 
 
 @pytest.mark.parametrize(

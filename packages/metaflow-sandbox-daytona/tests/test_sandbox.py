@@ -68,6 +68,12 @@ def test_the_create_request(emulator: DaytonaEmulator, create: Create) -> None:
         and asked["ttl_minutes"] == 90
         and asked["auto_stop_interval"] == 0
     )
+    filtered = create(
+        network=NetworkPolicy.DATASTORE, network_allow=("127.0.0.1:9000",), egress_allow=("api.example.org",)
+    )
+    asked = live(emulator, filtered)
+    assert asked["network_block_all"] is False
+    assert (asked["network_allow_list"], asked["domain_allow_list"]) == ("127.0.0.1/32", "api.example.org")
 
 
 def test_the_api_key_never_reaches_a_command(

@@ -44,6 +44,26 @@ def test_create_request_carries_template_labels_lease_and_egress(create, emulato
     assert "allow_internet_access" not in request
 
 
+def test_the_steps_allow_list_joins_the_datastore_hosts_in_allow_out(create, emulator):
+    sandbox = create(
+        network="datastore",
+        network_allow=("127.0.0.1:9000",),
+        egress_allow=("API.example.com", "*.example.org", "10.0.0.0/8"),
+    )
+    (record,) = [s for s in emulator.live_sandboxes() if s["sandboxID"] == sandbox.id]
+    assert record["request"]["network"] == {
+        "denyOut": ["0.0.0.0/0"],
+        "allowOut": ["*.example.org", "10.0.0.0/8", "127.0.0.1", "api.example.com"],
+    }
+
+
+def test_a_port_in_the_allow_list_is_refused_before_anything_exists(emulator):
+    before = len(emulator.live_sandboxes())
+    with pytest.raises(ConfigError, match="e2b backend cannot enforce: it enforces only host, "):
+        E2BBackend().create(SandboxSpec(network="datastore", egress_allow=("api.example.com:443",)))
+    assert len(emulator.live_sandboxes()) == before
+
+
 @pytest.mark.parametrize(
     ("network", "allowed"), [("none", False), ("full", True)], ids=["network-none", "network-full"]
 )

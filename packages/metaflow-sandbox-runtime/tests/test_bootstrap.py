@@ -248,3 +248,33 @@ def test_extracts_with_tar_and_falls_back_to_tarfile(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     bootstrap._extract_package(str(tmp_path / "pkg.tgz"), str(tmp_path / "no-tar"))
     assert (tmp_path / "no-tar" / "pkg" / "mod.py").exists()
+
+
+def test_endpoint_check_asks_the_egress_proxy_for_a_tunnel_when_there_is_one(monkeypatch):
+    import importlib.util
+    import socket
+    import threading
+
+    spec = importlib.util.spec_from_file_location("bootstrap_under_test", bootstrap_path())
+    bootstrap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bootstrap)
+    server = socket.create_server(("127.0.0.1", 0))
+    asked = []
+
+    def answer():
+        for _ in range(2):
+            connection, _ = server.accept()
+            with connection:
+                request = connection.recv(4096).decode()
+                asked.append(request.split("\r\n", 1)[0])
+                ok = "allowed.example" in request
+                connection.sendall(b"HTTP/1.1 200 OK\r\n\r\n" if ok else b"HTTP/1.1 403 Forbidden\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:%d" % server.getsockname()[1])
+    assert bootstrap._check_endpoints([{"host": "allowed.example", "port": "443"}]) is None
+    problem = bootstrap._check_endpoints([{"host": "other.example", "port": "9000", "what": "the datastore"}])
+    assert "cannot reach the datastore at other.example:9000" in problem and "403" in problem
+    assert asked == ["CONNECT allowed.example:443 HTTP/1.1", "CONNECT other.example:9000 HTTP/1.1"]
+    server.close()

@@ -10,6 +10,17 @@ def test_parses_strings_from_with():
     assert (opts.cpu, opts.memory_mb, opts.env, opts.network) == (2.0, 1024, {"A": "b"}, NetworkPolicy.FULL)
 
 
+def test_a_list_of_destinations_is_filtered_egress():
+    opts = parse_options({"network": ["api.example.com:443", "*.example.org"]})
+    assert (opts.network, opts.egress_allow) == (
+        NetworkPolicy.DATASTORE,
+        ("api.example.com:443", "*.example.org"),
+    )
+    opts = parse_options({"network": '["10.0.0.0/8"]'})  # the --with form
+    assert (opts.network, opts.egress_allow) == (NetworkPolicy.DATASTORE, ("10.0.0.0/8",))
+    assert parse_options({"network": "datastore"}).egress_allow == ()
+
+
 @pytest.mark.parametrize(
     "attrs, fragment",
     [
@@ -20,6 +31,14 @@ def test_parses_strings_from_with():
         ({"env": {"A": 1}}, "environment values must be strings"),
         ({"network": "some"}, "not a network policy"),
         ({"colour": "red"}, "Unknown sandbox attribute"),
+        ({"network": ["https://api.example.com"]}, "not a URL"),
+        (
+            {"network": ["*.com"]},
+            "network entry '<asterisk>.com': the wildcard would cover a whole top-level",
+        ),
+        ({"network": []}, "say network='datastore'"),
+        ({"network": '["api.example.com"'}, "is not a JSON list"),
+        ({"network": 5}, "a list of destinations such as"),
         ({"env": {"": "x"}}, "env['']: an environment variable needs a name; remove the empty key"),
         ({"env": {"A=B": "x"}}, "env['A=B']: a variable name cannot contain '='"),
         ({"env": '{"A=B": "x"}'}, "cannot contain '='"),  # the --with form

@@ -28,6 +28,7 @@ from metaflow_sandbox_core import (
     Backend,
     Capabilities,
     ConfigError,
+    EgressKind,
     Isolation,
     NetworkPolicy,
     SandboxInfo,
@@ -36,6 +37,7 @@ from metaflow_sandbox_core import (
     create_limits,
     default_state_dir,
     labels_match,
+    parse_destination,
 )
 from metaflow_sandbox_core.aio import at_exit, call
 
@@ -65,6 +67,8 @@ class BoxliteBackend(Backend):
         local=True,
         can_mount=True,
         network_policies=POLICIES,
+        # allow_net: "a hostname, wildcard hostname, IPv4 or IPv4 CIDR" (no ports, no IPv6).
+        egress_kinds=frozenset({EgressKind.HOST, EgressKind.WILDCARD, EgressKind.CIDR}),
         max_concurrent_creates=4,
     )
 
@@ -150,12 +154,15 @@ class BoxliteBackend(Backend):
                 )
             source = {"rootfs_path": os.path.abspath(image) if not self.rest_url else image}
         outbound = boxlite.OutboundNetworkSpec(mode="enabled")
-        if spec.network is NetworkPolicy.NONE or (
-            spec.network is NetworkPolicy.DATASTORE and not spec.network_allow
-        ):
+        allow = (
+            self._allow(spec.network_allow, spec.egress_allow)
+            if spec.network is NetworkPolicy.DATASTORE
+            else []
+        )
+        if spec.network is NetworkPolicy.NONE or (spec.network is NetworkPolicy.DATASTORE and not allow):
             outbound = boxlite.OutboundNetworkSpec(mode="disabled")
         elif spec.network is NetworkPolicy.DATASTORE:
-            outbound = boxlite.OutboundNetworkSpec(mode="enabled", allow_net=self._allow(spec.network_allow))
+            outbound = boxlite.OutboundNetworkSpec(mode="enabled", allow_net=allow)
         options: dict[str, Any] = {
             **source,
             "cpus": math.ceil(spec.cpu) if spec.cpu else None,
@@ -171,12 +178,21 @@ class BoxliteBackend(Backend):
             options["advanced"] = boxlite.AdvancedBoxOptions(security=boxlite.SecurityOptions.standard())
         return {key: value for key, value in options.items() if value is not None}
 
-    def _allow(self, endpoints: tuple[str, ...]) -> list[str]:
-        """host:port endpoints as boxlite allow-list entries (hosts only; loopback → the host alias)."""
+    def _allow(self, endpoints: tuple[str, ...], entries: tuple[str, ...] = ()) -> list[str]:
+        """The datastore's host:port endpoints (by host) and the step's entries as boxlite `allow_net` rules
+        (loopback → the host alias with the local runtime); `ConfigError` for IPv6, which boxlite cannot take."""
         hosts: list[str] = []
-        for endpoint in endpoints:
-            host = endpoint.rsplit(":", 1)[0].strip("[]") if ":" in endpoint else endpoint
-            if not self.rest_url and host in ("127.0.0.1", "localhost", "::1"):
+        for entry in (*endpoints, *entries):
+            destination = parse_destination(entry)
+            if destination.network is not None and destination.network.version == 6:
+                raise ConfigError(
+                    f"network entry {entry!r}: boxlite's allow_net takes host names, wildcards, IPv4 addresses "
+                    "and IPv4 CIDRs only; use one of those."
+                )
+            host = destination.host
+            if destination.kind is EgressKind.WILDCARD:
+                host = "*." + host
+            elif not self.rest_url and host in ("127.0.0.1", "localhost"):
                 host = HOST_ALIAS
             if host not in hosts:
                 hosts.append(host)

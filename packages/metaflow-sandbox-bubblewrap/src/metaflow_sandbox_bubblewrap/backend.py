@@ -12,6 +12,7 @@ from metaflow_sandbox_core import (
     Backend,
     Capabilities,
     ConfigError,
+    EgressKind,
     Isolation,
     NetworkPolicy,
     SandboxInfo,
@@ -20,6 +21,7 @@ from metaflow_sandbox_core import (
 )
 
 from .cgroups import CGROUP_PREFIX, find_cgroup_dirs, remove_cgroup_dirs
+from .egress import check_forwarder
 from .host import detect_host_system
 from .layout import SandboxUser
 from .limits import SandboxLimits, apply_limits, reject_unsupported
@@ -43,9 +45,9 @@ class BubblewrapBackend(Backend):
         isolation=Isolation.NAMESPACES,
         local=True,
         can_mount=True,
-        # Not DATASTORE: a backend declares a policy only if it enforces it, and bubblewrap has no egress
-        # allow-list yet (a step on S3 gets the host's network; the runtime says so once per run).
-        network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL}),
+        # DATASTORE: an empty network namespace whose only way out is the filtering proxy (egress.py).
+        network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.DATASTORE, NetworkPolicy.FULL}),
+        egress_kinds=frozenset(EgressKind),
         processes_end_with_command=True,  # each command is one bwrap: its PID namespace dies with it
     )
 
@@ -66,6 +68,7 @@ class BubblewrapBackend(Backend):
                 "use images. Remove image=, or pick a backend that runs images (boxlite, daytona, e2b)."
             )
         reject_unsupported(spec)
+        check_forwarder(spec)
 
     def _create(self, spec: SandboxSpec) -> BubblewrapSandbox:
         bwrap = check_bubblewrap(self.bwrap)

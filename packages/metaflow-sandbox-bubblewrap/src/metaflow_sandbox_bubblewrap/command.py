@@ -44,17 +44,17 @@ SETPRIV = "/usr/bin/setpriv"
 
 
 def namespace_args(network: NetworkPolicy, user: SandboxUser = NAMESPACED_USER) -> list[str]:
-    """New namespaces for everything (the network too unless the policy needs the host's) and a sandbox that
+    """New namespaces for everything (the network too unless the policy is FULL) and a sandbox that
     dies with its launcher and has no controlling terminal. An unprivileged launcher adds a user namespace
     with the sandbox user inside; a root launcher makes none (see `SandboxUser`) and drops privileges instead
     (`privilege_drop`)."""
     if user.drop_from_root:
         args = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
-        if network is NetworkPolicy.NONE:
+        if network is not NetworkPolicy.FULL:  # DATASTORE: an empty netns too, egress goes via the proxy
             args.append("--unshare-net")
     else:
         args = ["--unshare-all", "--unshare-user", "--unshare-pid"]
-        if network is not NetworkPolicy.NONE:
+        if network is NetworkPolicy.FULL:
             args.append("--share-net")
         args += ["--uid", str(user.uid), "--gid", str(user.gid)]
     return [*args, "--hostname", SANDBOX_HOSTNAME, "--die-with-parent", "--new-session"]

@@ -16,6 +16,7 @@ from metaflow_sandbox_core import (
 )
 
 from .command import BASE_ENV, HostSystem, build_bwrap_argv
+from .egress import SandboxEgress
 from .keyring import FreshKeyring
 from .layout import SANDBOX_WORKDIR, SandboxLayout, SandboxUser, host_path_for, mount_binds
 from .limits import SandboxLimits
@@ -61,7 +62,10 @@ class BubblewrapSandbox(Sandbox):
         self._keyring = FreshKeyring()
         #: What upload/download reach: the private directories, then the mounts (innermost wins).
         self._file_binds = (*layout.private_binds(), *mount_binds(spec.mounts))
-        self._binds = (*layout.identity_binds(), *self._file_binds)
+        #: The filtering proxy of a sandbox with `NetworkPolicy.DATASTORE` (see `egress.py`), else None.
+        self.egress = SandboxEgress.start(spec, user, layout.host_dir)
+        egress_binds = self.egress.binds() if self.egress else ()
+        self._binds = (*layout.identity_binds(), *self._file_binds, *egress_binds)
         LIVE_SANDBOXES[self.id] = self
 
     @property
@@ -100,6 +104,8 @@ class BubblewrapSandbox(Sandbox):
     # -- commands -----------------------------------------------------------------------------------
 
     def _start(self, argv: list[str], env: dict[str, str], cwd: str) -> PipeCommand:
+        if self.egress is not None:
+            argv, env = self.egress.wrap(argv), {**self.egress.env(), **env}
         command = build_bwrap_argv(
             self._bwrap,
             host=self._host,
@@ -165,5 +171,7 @@ class BubblewrapSandbox(Sandbox):
             except subprocess.TimeoutExpired:
                 pass
         self.limits.release()
+        if self.egress is not None:
+            self.egress.close()
         remove_tree(self.layout.host_dir)
         LIVE_SANDBOXES.pop(self.id, None)

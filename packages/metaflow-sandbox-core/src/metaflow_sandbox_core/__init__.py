@@ -4,6 +4,7 @@ Async SDKs: see `metaflow_sandbox_core.aio` (imported on its own, so that plain 
 """
 
 from .backend import Backend, Capabilities, Isolation, SandboxInfo, labels_match
+from .egress import Destination, EgressKind, check_egress_kinds, parse_allow_list, parse_destination
 from .errors import (
     AuthError,
     BackendNotInstalledError,
@@ -43,6 +44,8 @@ __all__ = [
     "Command",
     "ConfigError",
     "CreateLimiter",
+    "Destination",
+    "EgressKind",
     "Isolation",
     "LineSplitter",
     "Mount",
@@ -62,6 +65,7 @@ __all__ = [
     "call_with_retries_async",
     "check_argv",
     "check_cwd",
+    "check_egress_kinds",
     "check_env",
     "create_limits",
     "default_state_dir",
@@ -71,6 +75,8 @@ __all__ = [
     "kill_process_group",
     "labels_match",
     "load_backend",
+    "parse_allow_list",
+    "parse_destination",
     "pick_default_backend",
     "setting_name",
 ]

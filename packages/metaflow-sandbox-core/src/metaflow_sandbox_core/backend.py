@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .egress import EgressKind, check_egress_kinds
 from .errors import ConfigError
 from .limiter import STATE_DIR_SETTING, CreateLimiter, create_limits, setting_name
 from .sandbox import Sandbox
@@ -35,6 +36,8 @@ class Capabilities:
     network_policies: frozenset[NetworkPolicy] = field(
         default_factory=lambda: frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL})
     )
+    #: The forms of `SandboxSpec.egress_allow` entry this backend enforces (none: it cannot filter egress).
+    egress_kinds: frozenset[EgressKind] = frozenset()
     #: The provider's limit on creations per minute, if any: `Backend.create` keeps every process of the
     #: user on this machine under it together (`METAFLOW_SANDBOX_<NAME>_CREATES_PER_MINUTE` overrides).
     max_creates_per_minute: float | None = None
@@ -105,8 +108,20 @@ class Backend(abc.ABC):
         Called before a run starts (so bad input stops it before any sandbox exists) and again by `create`.
         """
 
+    def check_network(self, spec: SandboxSpec) -> None:
+        """`ConfigError` naming what this backend can do when it cannot enforce `spec`'s network policy or an
+        allow-list entry's form (never silently wider)."""
+        policies = self.capabilities.network_policies
+        if spec.network not in policies:
+            raise ConfigError(
+                f"network={spec.network.value!r} is not supported by the {self.name!r} backend (it supports "
+                f"{', '.join(sorted(p.value for p in policies))})."
+            )
+        check_egress_kinds(self.name, self.capabilities.egress_kinds, spec.egress_allow)
+
     def create(self, spec: SandboxSpec) -> Sandbox:
         """Create and start a sandbox; it is ready to `run` when this returns."""
+        self.check_network(spec)
         self.validate(spec)
         with self.create_limiter().hold():
             return self._create(spec)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .egress import destinations
 from .errors import ConfigError
 
 
@@ -27,7 +28,9 @@ class NetworkPolicy(str, enum.Enum):
     """How much network a sandbox gets."""
 
     NONE = "none"  # no network at all
-    DATASTORE = "datastore"  # only what the datastore needs (see `SandboxSpec.network_allow`)
+    DATASTORE = (
+        "datastore"  # only the datastore's endpoints and the step's allow-list (`SandboxSpec.egress_allow`)
+    )
     FULL = "full"  # unrestricted egress
 
     @classmethod
@@ -54,7 +57,9 @@ class SandboxSpec:
 
     Sizes are in MiB, times in seconds. `None` means "the backend's default". `timeout` is the sandbox's
     lifetime: a command still running that long after creation is killed (`SandboxTimeoutError`).
-    `network_allow` lists host:port destinations for `NetworkPolicy.DATASTORE` where a backend filters egress.
+    `network_allow` lists the datastore's host:port endpoints (made by the launcher) and `egress_allow` the
+    step's own allow-list entries (see `egress.py`); both only with `NetworkPolicy.DATASTORE`, which allows
+    exactly their union.
     `readable` lists host files inside read-only mounts that the sandboxed code must be able to read: a
     backend that runs sandboxes as another host user than the launcher's makes them readable to it.
     """
@@ -68,6 +73,7 @@ class SandboxSpec:
     timeout: float | None = None
     network: NetworkPolicy = NetworkPolicy.NONE
     network_allow: tuple[str, ...] = ()
+    egress_allow: tuple[str, ...] = ()
     mounts: tuple[Mount, ...] = ()
     readable: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -96,6 +102,12 @@ class SandboxSpec:
         for key, value in self.labels.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError(f"labels[{key!r}]={value!r}: labels must map strings to strings.")
+        if self.egress_allow:
+            if self.network is not NetworkPolicy.DATASTORE:
+                raise ConfigError(
+                    f"egress_allow={list(self.egress_allow)!r} needs network='datastore' (an allow-list filters egress)."
+                )
+            destinations(self.egress_allow)
         for mount in self.mounts:
             if not mount.sandbox_path.startswith("/"):
                 raise ConfigError(f"mount target {mount.sandbox_path!r} must be an absolute path.")

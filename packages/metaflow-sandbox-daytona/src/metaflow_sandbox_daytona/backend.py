@@ -14,6 +14,7 @@ from metaflow_sandbox_core import (
     Backend,
     Capabilities,
     ConfigError,
+    EgressKind,
     Isolation,
     NetworkPolicy,
     SandboxError,
@@ -56,8 +57,9 @@ class DaytonaBackend(Backend):
         isolation=Isolation.CONTAINER,
         local=False,
         can_mount=False,
-        # networkBlockAll or nothing: egress cannot be limited to the datastore yet.
-        network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL}),
+        # datastore: networkAllowList (IPv4 CIDRs) and domainAllowList (exact domains); no ports, no wildcards.
+        network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL, NetworkPolicy.DATASTORE}),
+        egress_kinds=frozenset({EgressKind.HOST, EgressKind.CIDR}),
         max_creates_per_minute=600,
     )
     option_keys: ClassVar[frozenset[str]] = frozenset(OPTION_KEYS)
@@ -230,6 +232,14 @@ def _sdk_params(daytona: Any, plan: CreatePlan, name: str) -> Any:
         "labels": dict(plan.labels),
         "env_vars": dict(plan.env),
         "network_block_all": plan.network_block_all,
+        **{
+            key: value
+            for key, value in (
+                ("network_allow_list", plan.network_allow_list),
+                ("domain_allow_list", plan.domain_allow_list),
+            )
+            if value is not None
+        },
         "auto_stop_interval": plan.auto_stop_minutes,
         "ephemeral": True,  # deleted as soon as it stops (auto-stop of a leaked sandbox included)
     }

@@ -3,15 +3,21 @@
 Sizes: Daytona takes whole CPUs and GiB, and only for sandboxes built from an image (`image=`); a snapshot
 (`options={"snapshot": name}`, or Daytona's default snapshot when neither is given) carries its own sizing,
 so explicit `cpu` / `memory_mb` / `disk_mb` / `gpu` are refused there rather than silently ignored.
+
+Network: none → `network_block_all`; full → nothing blocked; datastore → Daytona's allow-lists: IPv4 addresses
+and CIDRs in `network_allow_list`, host names in `domain_allow_list` (the datastore's endpoints and the step's
+entries). Daytona filters by address or domain, not by port, and takes no wildcards and no IPv6: those entries
+are refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from metaflow_sandbox_core import ConfigError, NetworkPolicy, SandboxSpec
+from metaflow_sandbox_core import ConfigError, NetworkPolicy, SandboxSpec, parse_destination
 
 #: `spec.options` keys this backend understands.
 OPTION_KEYS = ("snapshot", "create_timeout", "auto_stop_minutes", "ttl_minutes", "target")
@@ -19,7 +25,7 @@ OPTION_KEYS = ("snapshot", "create_timeout", "auto_stop_minutes", "ttl_minutes",
 EXTENSION_OPTION_KEYS = ("python",)
 DEFAULT_CREATE_TIMEOUT = 300.0
 DEFAULT_AUTO_STOP_MINUTES = 15
-SUPPORTED_NETWORK = (NetworkPolicy.NONE, NetworkPolicy.FULL)
+SUPPORTED_NETWORK = (NetworkPolicy.NONE, NetworkPolicy.FULL, NetworkPolicy.DATASTORE)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,9 @@ class CreatePlan:
     disk_gib: int | None = None
     gpu: int | None = None
     network_block_all: bool = True
+    #: Comma-separated IPv4 CIDRs / domains allowed (network="datastore"), else None.
+    network_allow_list: str | None = None
+    domain_allow_list: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     create_timeout: float = DEFAULT_CREATE_TIMEOUT
@@ -57,11 +66,7 @@ def plan_create(spec: SandboxSpec) -> CreatePlan:
             "mounts: a Daytona sandbox runs in Daytona's cloud and cannot see this machine's files. "
             "Remove the mounts (use an S3 datastore: --datastore=s3) or pick a local backend (bubblewrap)."
         )
-    if spec.network not in SUPPORTED_NETWORK:
-        raise ConfigError(
-            f"network={spec.network.value!r}: Daytona can block all traffic (network='none') or allow it "
-            "(network='full'), but this backend cannot yet limit it to the datastore; use network='full'."
-        )
+    networks, domains = _allow_lists(spec)
     options = dict(spec.options)
     unknown = sorted(set(options) - set(OPTION_KEYS) - set(EXTENSION_OPTION_KEYS))
     if unknown:
@@ -91,7 +96,10 @@ def plan_create(spec: SandboxSpec) -> CreatePlan:
         memory_gib=mib_to_gib(spec.memory_mb) if spec.memory_mb is not None else None,
         disk_gib=mib_to_gib(spec.disk_mb) if spec.disk_mb is not None else None,
         gpu=spec.gpu or None,
-        network_block_all=spec.network is NetworkPolicy.NONE,
+        network_block_all=spec.network is NetworkPolicy.NONE
+        or (spec.network is NetworkPolicy.DATASTORE and not networks and not domains),
+        network_allow_list=",".join(networks) or None,
+        domain_allow_list=",".join(domains) or None,
         env=dict(spec.env),
         labels=dict(spec.labels),
         create_timeout=_number(options, "create_timeout", DEFAULT_CREATE_TIMEOUT, minimum=1),
@@ -99,6 +107,30 @@ def plan_create(spec: SandboxSpec) -> CreatePlan:
         ttl_minutes=_ttl(options),
         target=_text(options, "target"),
     )
+
+
+def _allow_lists(spec: SandboxSpec) -> tuple[list[str], list[str]]:
+    """(IPv4 CIDRs, domains) Daytona must allow for `spec` (both empty unless network="datastore")."""
+    networks: list[str] = []
+    domains: list[str] = []
+    if spec.network is not NetworkPolicy.DATASTORE:
+        return networks, domains
+    for entry in (*spec.network_allow, *spec.egress_allow):
+        destination = parse_destination(entry)
+        if destination.network is not None:
+            if not isinstance(destination.network, ipaddress.IPv4Network):
+                raise ConfigError(
+                    f"network entry {entry!r}: Daytona's allow-list takes IPv4 addresses and CIDRs only; "
+                    "use an IPv4 network or a host name."
+                )
+            target = networks
+            value = str(destination.network)
+        else:
+            target = domains
+            value = destination.host
+        if value not in target:
+            target.append(value)
+    return networks, domains
 
 
 def _text(options: dict[str, Any], key: str) -> str | None:

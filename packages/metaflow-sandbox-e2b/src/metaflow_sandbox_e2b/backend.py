@@ -16,6 +16,7 @@ from metaflow_sandbox_core import (
     Backend,
     Capabilities,
     ConfigError,
+    EgressKind,
     Isolation,
     NetworkPolicy,
     SandboxError,
@@ -46,6 +47,8 @@ class E2BBackend(Backend):
         local=False,
         can_mount=False,
         network_policies=frozenset({NetworkPolicy.NONE, NetworkPolicy.FULL, NetworkPolicy.DATASTORE}),
+        # allow_out takes hosts, *.domain and CIDRs; it has no ports.
+        egress_kinds=frozenset({EgressKind.HOST, EgressKind.WILDCARD, EgressKind.CIDR}),
         max_creates_per_minute=60,
     )
     option_keys: ClassVar[frozenset[str]] = frozenset(OPTION_KEYS)

@@ -9,7 +9,8 @@
   default 86,400 s, Pro; Hobby allows 3,600). A launcher that dies stops renewing, so its sandbox ends within
   one lease.
 - `network`: none → `allow_internet_access=False`; full → True; datastore → deny all but the datastore hosts
-  (`network={"deny_out": ["0.0.0.0/0"], "allow_out": [...]}`).
+  and the step's allow-list (`network={"deny_out": ["0.0.0.0/0"], "allow_out": [...]}`): E2B filters by host,
+  `*.domain` or CIDR, not by port (`host:port` entries are refused; the datastore's endpoint is allowed by host).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from metaflow_sandbox_core import ConfigError, NetworkPolicy, SandboxSpec
+from metaflow_sandbox_core import ConfigError, EgressKind, NetworkPolicy, SandboxSpec, parse_destination
 
 #: `spec.options` keys this backend reads.
 OPTION_KEYS = ("template", "lease", "max_lifetime")
@@ -76,7 +77,9 @@ def plan_create(spec: SandboxSpec) -> CreatePlan:
     lifetime = max_lifetime if spec.timeout is None else min(spec.timeout + LIFETIME_GRACE, max_lifetime)
     network = None
     if spec.network is NetworkPolicy.DATASTORE:
-        hosts = sorted({_host(entry) for entry in spec.network_allow})
+        hosts = sorted(
+            {_host(entry) for entry in spec.network_allow} | {_allow_out(e) for e in spec.egress_allow}
+        )
         network = {"deny_out": [ALL_TRAFFIC], "allow_out": hosts}
     return CreatePlan(
         template=spec.image or template or DEFAULT_TEMPLATE,
@@ -94,6 +97,12 @@ def _seconds(options: dict[str, Any], key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
         raise ConfigError(f"options[{key!r}]={value!r} must be a number of seconds >= 1.")
     return float(value)
+
+
+def _allow_out(entry: str) -> str:
+    """A step's allow-list entry as E2B writes it (lower case; `*.` kept for a wildcard)."""
+    destination = parse_destination(entry)
+    return ("*." if destination.kind is EgressKind.WILDCARD else "") + destination.host
 
 
 def _host(entry: str) -> str:

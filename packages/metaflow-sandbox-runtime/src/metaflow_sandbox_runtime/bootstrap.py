@@ -32,7 +32,22 @@ READ_SIZE = 1 << 16
 EXTRACTED_MARKER = ".metaflow-sandbox-extracted"
 EXIT_UNREACHABLE = 202  # an infrastructure failure: Metaflow does not retry it
 DRAIN_SECONDS = 0.5  # how long to keep reading after the step exited while its pipes stay open
-INHERITED = ("PATH", "HOME", "LANG", "TMPDIR", "USER")  # from the sandbox's (backend-made) environment
+#: From the sandbox's (backend-made) environment; the proxy settings are how a sandbox with filtered egress
+#: reaches anything (bubblewrap's egress proxy).
+INHERITED = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "USER",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "no_proxy",
+)
 
 
 def _extract_package(archive, dest):
@@ -81,23 +96,38 @@ def _extract_with_tarfile(archive, dest):
 
 
 def _check_endpoints(endpoints):
-    """Return an error message naming the first endpoint that cannot be reached, or None."""
+    """Return an error message naming the first endpoint that cannot be reached, or None. With an HTTPS
+    proxy in the environment (a sandbox whose egress is filtered), the check asks the proxy for a tunnel."""
     import socket
 
+    proxy = os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY")
     for endpoint in endpoints:
+        host, port = endpoint["host"], int(endpoint["port"])
         try:
-            socket.create_connection((endpoint["host"], int(endpoint["port"])), timeout=10).close()
+            if proxy:
+                _tunnel(proxy, host, port)
+            else:
+                socket.create_connection((host, port), timeout=10).close()
         except OSError as error:
             return (
                 "the sandbox cannot reach %s at %s:%s (%s); check the endpoint and the step's network= setting"
-                % (
-                    endpoint.get("what", "an endpoint"),
-                    endpoint["host"],
-                    endpoint["port"],
-                    error,
-                )
+                % (endpoint.get("what", "an endpoint"), host, port, error)
             )
     return None
+
+
+def _tunnel(proxy, host, port):
+    """Ask the HTTP proxy at `proxy` (a URL) for a CONNECT tunnel to host:port; OSError if it refuses."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    target = "[%s]:%s" % (host, port) if ":" in host else "%s:%s" % (host, port)
+    with socket.create_connection((url.hostname, url.port or 80), timeout=10) as connection:
+        connection.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
+        status = connection.recv(4096).split(b"\r\n", 1)[0].decode("latin-1", "replace")
+    if status.split(" ")[1:2] != ["200"]:
+        raise OSError("the egress proxy answered %r" % status)
 
 
 class FetchError(Exception):

@@ -165,6 +165,8 @@ class EmulatedSandbox:
             "dockerfile": (self.build_info or {}).get("dockerfileContent"),
             **self.sizes,
             "network_block_all": self.network_block_all,
+            "network_allow_list": self.request.get("networkAllowList"),
+            "domain_allow_list": self.request.get("domainAllowList"),
             "env": self.env,
             "auto_stop_interval": self.request.get("autoStopInterval"),
             "auto_delete_interval": self.request.get("autoDeleteInterval"),

@@ -81,8 +81,9 @@ class SandboxDecorator(StepDecorator):
         Sandbox lifetime in seconds. Default: the step's `@timeout`, else Metaflow's default (5 days).
     env : dict, optional
         Extra environment variables for the step (strings only). Nothing else of the host's leaks in.
-    network : str, default "none"
-        "none", "datastore" (only what the datastore needs) or "full".
+    network : str or list of str, optional
+        "none", "datastore" (only what the datastore needs; the default), "full", or a list of destinations
+        the step may reach besides its datastore: "host", "host:port", "*.domain", CIDR (docs/security.md).
     options : dict, optional
         Backend-specific settings.
     trusted_types : list of str or "*", optional
@@ -176,18 +177,15 @@ class SandboxDecorator(StepDecorator):
                 disk_mb=options.disk_mb,
                 timeout=options.timeout,
                 network=options.network or NetworkPolicy.NONE,
+                egress_allow=options.egress_allow,
                 options=options.options,
             )
         )
-        if options.network is not None and options.network not in backend.capabilities.network_policies:
-            raise ConfigError(
-                "network=%r is not supported by the %r backend (it supports %s)."
-                % (
-                    options.network.value,
-                    name,
-                    ", ".join(sorted(p.value for p in backend.capabilities.network_policies)),
-                )
-            )
+        if options.network is not None:
+            try:
+                backend.check_network(SandboxSpec(network=options.network, egress_allow=options.egress_allow))
+            except ConfigError as error:  # Metaflow drops asterisks from printed errors: spell them out
+                raise ConfigError(str(error).replace("*", "<asterisk>")) from None
         falls_back = (
             options.network is None
             and flow_datastore.TYPE != "local"
@@ -370,6 +368,7 @@ class SandboxDecorator(StepDecorator):
                 "disk_mb": options.disk_mb,
                 "timeout": options.timeout,
                 "network": options.network.value if options.network else None,
+                "egress_allow": list(options.egress_allow),
                 "options": options.options,
             },
             flow=self.flow.name,

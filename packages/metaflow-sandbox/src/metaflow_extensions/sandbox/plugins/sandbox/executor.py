@@ -194,7 +194,14 @@ class TaskExecutor:
                 needed = NetworkPolicy.FULL
             spec["network"] = needed.value
         if spec["network"] == NetworkPolicy.DATASTORE.value:
-            spec["network_allow"] = tuple(f"{e['host']}:{e['port']}" for e in channel.endpoints())
+            allow = []
+            for endpoint in channel.endpoints():
+                allow.append(f"{_host(endpoint['host'])}:{endpoint['port']}")
+                allow += [
+                    f"{host}:{endpoint['port']}" for host in endpoint.get("also", "").split(",") if host
+                ]
+            spec["network_allow"] = tuple(allow)
+        spec["egress_allow"] = tuple(spec.get("egress_allow") or ())
         labels = {**launch.labels, **self.extra_labels}
         return SandboxSpec(**spec, mounts=tuple(mounts), readable=tuple(readable), labels=labels)
 
@@ -369,3 +376,8 @@ def launch_from_argv(argv: list[str]) -> int:
 
 
 __all__ = ["EXIT_INFRASTRUCTURE", "TaskExecutor", "launch_from_argv", "load_task"]
+
+
+def _host(host: str) -> str:
+    """`host` as an allow-list entry's host part (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

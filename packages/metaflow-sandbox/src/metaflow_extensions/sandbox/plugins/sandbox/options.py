@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from metaflow_sandbox_core import ConfigError, NetworkPolicy, env_problem
+from metaflow_sandbox_core import ConfigError, NetworkPolicy, env_problem, parse_allow_list
 
 from .attributes import ATTRIBUTE_DEFAULTS
 
@@ -28,6 +28,8 @@ class SandboxOptions:
     timeout: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     network: NetworkPolicy | None = None  # None: what the datastore needs (nothing for the local one)
+    #: `network=[...]`: destinations the step may reach besides its datastore (with network DATASTORE).
+    egress_allow: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     #: Module prefixes whose classes the step's artifacts may contain ("*" = any pickle at all).
     trusted_types: tuple[str, ...] | str = ()
@@ -75,6 +77,25 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{name}={value!r} is not a mapping; use e.g. {name}={{'KEY': 'value'}}.")
     return dict(value)
+
+
+def _network(value: Any) -> tuple[NetworkPolicy | None, tuple[str, ...]]:
+    """`network=` → (policy, allow-list): a policy name, or a list of destinations (filtered egress)."""
+    if value is None or value == "":
+        return None, ()
+    if isinstance(value, str) and value.lstrip().startswith("["):  # from --with sandbox:network='["a.com"]'
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(
+                f"network={_shown(value)} is not a JSON list; use e.g. network='[\"api.example.com:443\"]'."
+            )
+    try:
+        if isinstance(value, (str, NetworkPolicy)):
+            return NetworkPolicy.parse(value), ()
+        return NetworkPolicy.DATASTORE, parse_allow_list(value)
+    except ConfigError as error:  # Metaflow drops asterisks from printed errors: spell them out
+        raise ConfigError(str(error).replace("*", "<asterisk>")) from None
 
 
 def _trusted_types(value: Any) -> tuple[str, ...] | str:
@@ -144,7 +165,7 @@ def parse_options(attributes: Mapping[str, Any]) -> SandboxOptions:
     memory = _positive("memory", attributes.get("memory"), "memory=4096 (MiB)")
     disk = _positive("disk", attributes.get("disk"), "disk=10240 (MiB)")
     gpu = _positive("gpu", attributes.get("gpu"), "gpu=1", allow_zero=True)
-    network = attributes.get("network")
+    network, egress_allow = _network(attributes.get("network"))
     return SandboxOptions(
         backend=attributes.get("backend") or None,
         image=attributes.get("image") or None,
@@ -154,7 +175,8 @@ def parse_options(attributes: Mapping[str, Any]) -> SandboxOptions:
         disk_mb=int(disk) if disk is not None else None,
         timeout=_positive("timeout", attributes.get("timeout"), "timeout=3600 (seconds)"),
         env=env,
-        network=NetworkPolicy.parse(network) if network else None,
+        network=network,
+        egress_allow=egress_allow,
         options=_mapping("options", attributes.get("options")),
         trusted_types=_trusted_types(attributes.get("trusted_types")),
     )

@@ -154,11 +154,20 @@ class S3Access:
             self.endpoint_url or f"https://s3.{self.session.region_name or 'us-east-1'}.amazonaws.com"
         )
         port = url.port or (443 if url.scheme == "https" else 80)
-        return {
+        endpoint = {
             "host": url.hostname or "",
             "port": str(port),
             "what": f"the S3 datastore ({self.endpoint_url or 'AWS'})",
         }
+        if (
+            not self.endpoint_url
+        ):  # AWS also answers as <bucket>.s3.<region>.amazonaws.com (and, in us-east-1,
+            # at the global s3.amazonaws.com): the sandbox's allow-list names these hosts too
+            hosts = [f"{self.root.bucket}.{url.hostname}"]
+            if (self.session.region_name or "us-east-1") == "us-east-1":
+                hosts += ["s3.amazonaws.com", f"{self.root.bucket}.s3.amazonaws.com"]
+            endpoint["also"] = ",".join(hosts)
+        return endpoint
 
     def sandbox_credentials(
         self, mode: str, policy: dict, lifetime: float, name: str, say: Any
