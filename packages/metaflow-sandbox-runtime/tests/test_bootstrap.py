@@ -278,3 +278,53 @@ def test_endpoint_check_asks_the_egress_proxy_for_a_tunnel_when_there_is_one(mon
     assert "cannot reach the datastore at other.example:9000" in problem and "403" in problem
     assert asked == ["CONNECT allowed.example:443 HTTP/1.1", "CONNECT other.example:9000 HTTP/1.1"]
     server.close()
+
+
+def test_uploads_go_at_once_and_a_failed_one_is_reported_as_infrastructure(tmp_path):
+    import http.server
+    import threading
+
+    together = threading.Barrier(2, timeout=10)  # broken (500) unless both PUTs are in flight together
+    received = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            try:
+                together.wait()
+            except threading.BrokenBarrierError:
+                self.send_response(500)
+            else:
+                received[self.path] = body
+                self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    for name in ("out.log", "err.log", "lost.log"):
+        (tmp_path / name).write_text(name)
+    plan = Plan(
+        python=sys.executable,
+        argv=["-c", "pass"],
+        package_dir=str(tmp_path / "pkg"),
+        workdir=str(tmp_path / "w"),
+        uploads=[
+            {"path": str(tmp_path / "out.log"), "url": base + "/out"},
+            {"path": str(tmp_path / "err.log"), "url": base + "/err"},
+            {"path": str(tmp_path / "lost.log"), "url": "http://127.0.0.1:1/lost"},
+        ],
+    )
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    try:
+        done = subprocess.run(
+            plan.command(bootstrap_path(), str(tmp_path / "plan.json")), capture_output=True
+        )
+    finally:
+        server.shutdown()
+    assert received == {"/out": b"out.log", "/err": b"err.log"}
+    assert done.returncode == 202
+    assert f"could not upload {tmp_path / 'lost.log'}".encode() in done.stderr

@@ -350,13 +350,30 @@ def run(plan):
         decorator.close()
     code = step.wait()
     code = 128 - code if code < 0 else code
-    for item in plan.get("uploads") or []:
+    for item, error in _upload_all(plan.get("uploads") or []):
+        sys.stderr.write("[sandbox] could not upload %s: %s\n" % (item["path"], error))
+        code = code or EXIT_UNREACHABLE
+    return code
+
+
+def _upload_all(items):
+    """PUT every item at once (each is a round trip of its own); (item, error) of each that failed."""
+    import threading
+
+    failed = []
+
+    def put(item):
         try:
             _upload(item)
         except OSError as error:
-            sys.stderr.write("[sandbox] could not upload %s: %s\n" % (item["path"], error))
-            code = code or EXIT_UNREACHABLE
-    return code
+            failed.append((item, error))
+
+    threads = [threading.Thread(target=put, args=(item,)) for item in items]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failed
 
 
 def main(argv):
