@@ -30,7 +30,15 @@ def _uv() -> str:
 
 #: How this machine reaches the package index (trust store, proxy, mirror): the launcher's uv needs them.
 INDEX_SETTINGS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_NATIVE_TLS")
-INDEX_SETTINGS += tuple(f"{p}_PROXY" for p in ("HTTP", "HTTPS", "NO", "ALL")) + ("http_proxy", "https_proxy")
+INDEX_SETTINGS += (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
 
 
 def uv_project(project: Project, dependencies: str = f'"{DEPENDENCY}"', lock: bool = True) -> None:
@@ -44,7 +52,9 @@ def uv_project(project: Project, dependencies: str = f'"{DEPENDENCY}"', lock: bo
             [_uv(), "lock", "--quiet"], cwd=project.root, env=project.env, capture_output=True, text=True
         )
         if done.returncode != 0:
-            pytest.skip(f"the package index is unreachable from this machine (uv lock: {done.stderr.strip()})")
+            pytest.skip(
+                f"the package index is unreachable from this machine (uv lock: {done.stderr.strip()})"
+            )
 
 
 def test_uv_environment_reaches_the_sandbox_only(project: Project):

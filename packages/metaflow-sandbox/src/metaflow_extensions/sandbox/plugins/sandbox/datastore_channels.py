@@ -111,7 +111,9 @@ class Channel:
 
     def publish(self, archive: str) -> str:
         """A URL the sandbox fetches a launcher-built, content-named archive from (remote backends)."""
-        raise ConfigError(f"The {self.launch.datastore_type} datastore cannot hand archives to a remote sandbox.")
+        raise ConfigError(
+            f"The {self.launch.datastore_type} datastore cannot hand archives to a remote sandbox."
+        )
 
     def relay(self, exit_code: int) -> None:
         """Bring the task's results home (see `_apply`); `RelayRefusedError` when anything is out of bounds."""

@@ -192,7 +192,12 @@ class TaskExecutor:
         if self._environment_url is None:
             return []
         return [
-            {"modules": [], "url": self._environment_url, "dir": f"{base}/environment", "what": "the uv environment"}
+            {
+                "modules": [],
+                "url": self._environment_url,
+                "dir": f"{base}/environment",
+                "what": "the uv environment",
+            }
         ]
 
     def _spec(self, backend: Backend, channel: Channel) -> SandboxSpec:
@@ -236,7 +241,9 @@ class TaskExecutor:
             del env[name]
         env.update(channel.env())
         if self._environment_dir is not None:  # after the code package, before the interpreter's own packages
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), self._environment_dir) if p)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (env.get("PYTHONPATH"), self._environment_dir) if p
+            )
         return Plan(
             python=launch.python,
             argv=self.command.inner_argv(os.path.join(package_dir, launch.flow_file)),

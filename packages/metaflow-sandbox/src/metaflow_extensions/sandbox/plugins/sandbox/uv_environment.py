@@ -103,11 +103,13 @@ def check_project(target: UvTarget, uv: str | None = None) -> None:
             "--environment=uv needs %s; run `uv lock` in %s and commit it." % (lock, target.project)
         )
     _check_python(target)
-    done = subprocess.run(
-        [uv or uv_binary(), "lock", "--check", "--quiet", "--project", target.project],
-        capture_output=True,
-        text=True,
-    )
+    uv = uv or uv_binary()
+    try:
+        done = subprocess.run(
+            [uv, "lock", "--check", "--quiet", "--project", target.project], capture_output=True, text=True
+        )
+    except OSError as error:
+        raise ConfigError("--environment=uv cannot run uv (%s); install it (`pip install uv`)." % error)
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip()
         if "needs to be updated" in said:
