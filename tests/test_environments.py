@@ -95,10 +95,22 @@ def test_uv_lock_missing_or_stale_fails_before_any_sandbox(project: Project):
 
 
 @pytest.mark.parametrize("environment", ["pypi", "conda"])
-def test_pypi_and_conda_steps_run_inside_the_sandbox(environment: str):
+def test_pypi_steps_run_inside_the_sandbox(project: Project, environment: str):
+    from .conftest import BACKEND
+
     if shutil.which("micromamba") is None:
         pytest.skip(
             f"--environment={environment} needs Metaflow's resolver: micromamba and conda channels, which this "
             "machine cannot download"
         )
-    pytest.skip(f"--environment={environment} in sandboxes is not wired yet (issue 12, priority 4)")
+    project.env.update({name: os.environ[name] for name in INDEX_SETTINGS if name in os.environ})
+    result = project.run("pypi_flow.py", "--environment", environment, "run", check=False)
+    if BACKEND != "bubblewrap":  # refused before any sandbox exists, naming the fix
+        assert result.returncode != 0 and "--environment=uv" in result.stdout + result.stderr
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = project.query(
+        "d = Flow('PypiFlow').latest_run['inside'].task.data\n"
+        "result = dict(words=d.words, inside=d.in_sandbox, python=d.python)"
+    )
+    assert data["words"] == "1,000" and data["inside"] is True, data  # asserted from inside the sandbox

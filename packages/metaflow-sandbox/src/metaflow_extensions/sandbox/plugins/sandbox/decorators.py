@@ -116,6 +116,12 @@ class SandboxDecorator(StepDecorator):
         self.flow_datastore = flow_datastore
         self.environment = environment
         self.run_time_limit = get_run_time_limit_for_task(decos)
+        self.conda_step = False
+        if os.environ.get(VALIDATED_ENV) != str(os.getppid()):
+            from .conda_environment import keep_sandbox_entrypoint, uses_environment
+
+            self.conda_step = uses_environment(environment, flow, step)
+            keep_sandbox_entrypoint(decos)
         if os.environ.get(VALIDATED_ENV) == str(os.getppid()):
             return  # a task process whose runtime (our parent) already validated every sandboxed step
         self._check_combination(step, decos)
@@ -230,6 +236,10 @@ class SandboxDecorator(StepDecorator):
         self.backend_can_mount = backend.capabilities.can_mount
         self.backend_vm = backend.capabilities.isolation >= 30  # Isolation.MICROVM: its own userland
         self.uv_target = self._uv_target(options) if getattr(self.environment, "TYPE", None) == "uv" else None
+        if self.conda_step:
+            from .conda_environment import check_backend
+
+            check_backend(name, self.backend_can_mount and not self.backend_vm)
         # Processes the runtime spawns inherit this and skip re-validating (and re-probing backends).
         os.environ[VALIDATED_ENV] = str(os.getpid())
 
@@ -374,6 +384,9 @@ class SandboxDecorator(StepDecorator):
             sys.executable if self.backend_can_mount and not getattr(self, "backend_vm", False) else "python3"
         )
         python = options.options.get("python") or _config("SANDBOX_PYTHON") or default_python
+        if getattr(self, "conda_step", False):  # the environment Metaflow built here, mounted read-only
+            python = self.environment.interpreter(self.step)
+            step_env["PYTHONNOUSERSITE"] = "1"
         cache_dir = _config("SANDBOX_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".cache", "metaflow-sandbox"
         )
