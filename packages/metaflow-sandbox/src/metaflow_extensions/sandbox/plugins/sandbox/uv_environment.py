@@ -104,10 +104,12 @@ def check_project(target: UvTarget, uv: str | None = None) -> None:
         )
     _check_python(target)
     uv = uv or uv_binary()
+    check = [uv, "lock", "--check", "--quiet", "--project", target.project]
     try:
-        done = subprocess.run(
-            [uv, "lock", "--check", "--quiet", "--project", target.project], capture_output=True, text=True
-        )
+        # From uv's cache first (no index needed when nothing changed), else against the index.
+        done = subprocess.run([*check, "--offline"], capture_output=True, text=True)
+        if done.returncode != 0:
+            done = subprocess.run(check, capture_output=True, text=True)
     except OSError as error:
         raise ConfigError("--environment=uv cannot run uv (%s); install it (`pip install uv`)." % error)
     if done.returncode != 0:
