@@ -131,7 +131,7 @@ def integration_selection(backend: str, datastore: str, metadata: str, paths: li
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    install(session, *EVERYTHING)
+    install(session, *EVERYTHING, extras=("uv",))  # P8: the launcher's uv
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

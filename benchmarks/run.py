@@ -1,8 +1,8 @@
 """Benchmarks P1 (per-task overhead), P3 (log latency), P4 (launcher memory), P7 (side by side with the
-predecessor on Daytona). Writes results/latest.json and docs/benchmarks.md. Ratios and differences are taken
+predecessor on Daytona), P8 (dependencies: deps_bench.py). Writes results/latest.json and docs/benchmarks.md. Ratios and differences are taken
 against a baseline measured in the same run.
 
-    nox -s bench            (or: python benchmarks/run.py [--repeat N] [--no-predecessor])
+    nox -s bench            (or: python benchmarks/run.py [--repeat N] [--no-predecessor] [--only P8 ...])
 """
 
 from __future__ import annotations
@@ -356,6 +356,7 @@ def main() -> None:
         help="skip P7 (it installs metaflow-sandbox==0.1.1 from PyPI)",
     )
     parser.add_argument("--no-host-bench", action="store_true", help="skip P2, P5 and R5 (host_bench.py)")
+    parser.add_argument("--only", action="append", help="run only these benchmarks (repeatable: --only P8)")
     args = parser.parse_args()
     root, env = workspace()
     out = HERE / "results"
@@ -368,6 +369,8 @@ def main() -> None:
 
     def measure(key: str, run: Callable[[], dict]) -> None:
         """One benchmark; a failure is recorded and the others still run. Raw numbers are saved after each."""
+        if args.only and key not in args.only:
+            return
         try:
             results[key] = run()
         except Exception as error:  # reported below and in latest.json
@@ -390,6 +393,9 @@ def main() -> None:
             measure("R5", r5_host_memory)
             measure("B1", lambda: b1_boxlite_remote_overhead(WIDTH))
             measure("B2", b2_boxlite_local_start)
+        from deps_bench import p8_both
+
+        measure("P8", lambda: p8_both())
         if not args.no_predecessor:
             from side_by_side import side_by_side
 
@@ -402,6 +408,8 @@ def main() -> None:
         raise SystemExit(
             f"{', '.join(failed)} failed (see benchmarks/results/latest.json); docs/benchmarks.md is unchanged"
         )
+    if args.only:
+        return  # a partial run: docs/benchmarks.md keeps the last full one
     write_markdown(results, HERE.parent / "docs" / "benchmarks.md")
 
 

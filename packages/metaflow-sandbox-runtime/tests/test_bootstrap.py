@@ -174,6 +174,15 @@ def test_libraries_are_fetched_only_when_the_image_cannot_import_them(tmp_path):
         proc = run_plan(tmp_path, "import json", libraries=present)
         assert proc.wait(timeout=60) == 0
         assert fetches == ["/lib.tgz"] and not (tmp_path / "unused").exists()
+
+        # A bundle naming no modules (the step's locked dependencies) is always provided, whatever the image has.
+        always = [{"modules": [], "url": url, "dir": str(tmp_path / "env"), "what": "the uv environment"}]
+        proc = run_plan(
+            tmp_path, "import bundled_client, sys; print(bundled_client.__file__)", libraries=always
+        )
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert fetches == ["/lib.tgz", "/lib.tgz"] and str(tmp_path / "env").encode() in out
     finally:
         server.shutdown()
 

@@ -162,27 +162,32 @@ _PROBE = "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None f
 
 
 def _provide_libraries(python, env, libraries):
-    """For each offered bundle whose modules the step's Python cannot import: fetch it, extract it once,
-    and append it to the step's PYTHONPATH (so the code package stays first)."""
+    """For each offered bundle whose modules the step's Python cannot import (every bundle that names no
+    modules, e.g. the step's locked dependencies): fetch it, extract it once, and append it to the step's
+    PYTHONPATH (so the code package stays first)."""
     for library in libraries:
         directory = library["dir"]
         if os.path.exists(os.path.join(directory, EXTRACTED_MARKER)):  # this sandbox's prepare step found
             _append_path(env, directory)  # the modules missing and extracted the bundle
             continue
-        probe = subprocess.run(
-            [python, "-c", _PROBE, *library["modules"]],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if probe.returncode == 0:
+        if library["modules"] and _importable(python, env, library["modules"]):
             continue
         archive = directory + ".tgz"
-        _fetch(library["url"], archive, "the datastore client bundle")
+        _fetch(library["url"], archive, library.get("what", "the datastore client bundle"))
         _extract_package(archive, directory)
         os.unlink(archive)
         _append_path(env, directory)
+
+
+def _importable(python, env, modules):
+    probe = subprocess.run(
+        [python, "-c", _PROBE, *modules],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return probe.returncode == 0
 
 
 def _append_path(env, directory):

@@ -32,8 +32,9 @@ class Plan:
     endpoints: list[dict[str, str]] = field(default_factory=list)
     #: After the step: [{"path": file or directory (sent as .tgz), "url": where to PUT it}].
     uploads: list[dict[str, str]] = field(default_factory=list)
-    #: Offered when the image may lack them: [{"modules": [names], "url": a .tgz, "dir": where to extract}];
-    #: fetched only if the step's Python cannot import every module, then appended to its PYTHONPATH.
+    #: Offered when the image may lack them: [{"modules": [names], "url": a .tgz, "dir": where to extract,
+    #: "what": named in errors}]; fetched only if the step's Python cannot import every module (always when
+    #: `modules` is empty: the step's locked dependencies), then appended to its PYTHONPATH.
     libraries: list[dict] = field(default_factory=list)
     #: Only make the package and libraries ready, run nothing: a sandbox prepared ahead of its task.
     prepare_only: bool = False

@@ -109,6 +109,12 @@ class Channel:
     def endpoints(self) -> list[dict[str, str]]:
         return []
 
+    def publish(self, archive: str) -> str:
+        """A URL the sandbox fetches a launcher-built, content-named archive from (remote backends)."""
+        raise ConfigError(
+            f"The {self.launch.datastore_type} datastore cannot hand archives to a remote sandbox."
+        )
+
     def relay(self, exit_code: int) -> None:
         """Bring the task's results home (see `_apply`); `RelayRefusedError` when anything is out of bounds."""
         raise NotImplementedError
@@ -283,6 +289,9 @@ class S3Channel(Channel):
             if not self.s3.exists(location):
                 self.s3.upload(archive, location)
         return location
+
+    def publish(self, archive: str) -> str:
+        return self.s3.presigned_get(self._publish(archive), self.lifetime)
 
     def libraries(self, base: str | None = None) -> list[dict]:
         if self.client_url is None:

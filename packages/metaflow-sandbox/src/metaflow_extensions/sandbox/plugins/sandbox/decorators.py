@@ -4,6 +4,7 @@ Loaded inside sandboxes too, so the module imports only metaflow and the standar
 backend and core packages are imported when a hook needs them.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -116,6 +117,12 @@ class SandboxDecorator(StepDecorator):
         self.flow_datastore = flow_datastore
         self.environment = environment
         self.run_time_limit = get_run_time_limit_for_task(decos)
+        self.conda_step = False
+        if os.environ.get(VALIDATED_ENV) != str(os.getppid()):
+            from .conda_environment import keep_sandbox_entrypoint, uses_environment
+
+            self.conda_step = uses_environment(environment, flow, step)
+            keep_sandbox_entrypoint(decos)
         if os.environ.get(VALIDATED_ENV) == str(os.getppid()):
             return  # a task process whose runtime (our parent) already validated every sandboxed step
         self._check_combination(step, decos)
@@ -226,8 +233,30 @@ class SandboxDecorator(StepDecorator):
         self.backend_resolved = name
         self.backend_can_mount = backend.capabilities.can_mount
         self.backend_vm = backend.capabilities.isolation >= 30  # Isolation.MICROVM: its own userland
+        self.uv_target = self._uv_target(options) if getattr(self.environment, "TYPE", None) == "uv" else None
+        if self.conda_step:
+            from .conda_environment import check_backend
+
+            check_backend(name, self.backend_can_mount and not self.backend_vm)
         # Processes the runtime spawns inherit this and skip re-validating (and re-probing backends).
         os.environ[VALIDATED_ENV] = str(os.getpid())
+
+    _checked_uv: set[tuple[str, str, str]] = set()
+
+    def _uv_target(self, options):
+        """`--environment=uv`: the project and what the sandbox runs it with, its uv.lock checked once per run."""
+        from .uv_environment import UvTarget, check_project, find_project, sandbox_platform
+
+        here = self.backend_can_mount and not self.backend_vm  # the sandbox shares this machine's userland
+        python = options.options.get("python") or _config("SANDBOX_PYTHON")
+        # The launcher's Python unless the step names another one here; an image's python3 is assumed to match.
+        version = _python_version(python) if here and python else "%d.%d" % sys.version_info[:2]
+        target = UvTarget(find_project(os.getcwd()), version, sandbox_platform(self.target_platform, here))
+        key = (target.project, target.python_version, target.platform)
+        if key not in SandboxDecorator._checked_uv:
+            check_project(target)
+            SandboxDecorator._checked_uv.add(key)
+        return target
 
     _checked_s3_roots: set[str] = set()
 
@@ -353,6 +382,9 @@ class SandboxDecorator(StepDecorator):
             sys.executable if self.backend_can_mount and not getattr(self, "backend_vm", False) else "python3"
         )
         python = options.options.get("python") or _config("SANDBOX_PYTHON") or default_python
+        if getattr(self, "conda_step", False):  # the environment Metaflow built here, mounted read-only
+            python = self.environment.interpreter(self.step)
+            step_env["PYTHONNOUSERSITE"] = "1"
         cache_dir = _config("SANDBOX_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".cache", "metaflow-sandbox"
         )
@@ -407,6 +439,7 @@ class SandboxDecorator(StepDecorator):
             relay_timeout=float(_config("SANDBOX_RELAY_TIMEOUT") or 1800),
             foreach_size=self._foreach_size(cli_args),
             max_workers=_max_workers(),
+            uv=dataclasses.asdict(self.uv_target) if self.uv_target else None,
         )
 
     def _foreach_size(self, cli_args):
@@ -445,6 +478,21 @@ class SandboxDecorator(StepDecorator):
                 env[name] = os.environ[name]
         env.setdefault("METAFLOW_DATATOOLS_S3ROOT", root + "/data")
         return {"endpoint_url": S3_ENDPOINT_URL, "region": region, "env": env}
+
+
+def _python_version(python) -> str:
+    """An interpreter's "major.minor"."""
+    import subprocess
+
+    from metaflow_sandbox_core import ConfigError
+
+    try:
+        return subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as error:
+        raise ConfigError("options={'python': %r} cannot run here: %s" % (python, error))
 
 
 def _python_prefixes(python) -> list[str]:

@@ -37,6 +37,7 @@ from .datastore_channels import SANDBOX_SUBDIR, Channel, channel_for
 from .env_denylist import denied_names, denylist
 from .step_command import StepCommand
 from .task_launch import TaskLaunch
+from .uv_environment import UvTarget, environment_archive, environment_dir
 from .warm_pool import MAX_WAIT_SECONDS, WarmPool
 
 EXIT_INFRASTRUCTURE = 202  # metaflow.exception.METAFLOW_EXIT_DISALLOW_RETRY
@@ -101,6 +102,8 @@ class TaskExecutor:
         unique = uuid.uuid4().hex
         self.staging = os.path.join(launch.cache_dir, "staging", unique)
         self.scratch = os.path.join(launch.cache_dir, "relay", unique)
+        self._environment_dir: str | None = None  # --environment=uv, mounted read-only
+        self._environment_url: str | None = None  # --environment=uv, fetched by a sandbox that cannot mount
         self._timings: list[tuple[str, float]] = []
         self._last = time.monotonic()
 
@@ -145,6 +148,7 @@ class TaskExecutor:
                 os.makedirs(self.scratch, mode=0o700)
                 channel = channel_for(self.launch, backend, self.staging, self.scratch, self.say)
                 channel.prepare()
+                self._prepare_environment(backend, channel)
                 spec = self._spec(backend, channel)
                 self._mark("prepare")
             except SandboxError as error:
@@ -172,9 +176,34 @@ class TaskExecutor:
             if self.launch.timings:
                 self.say("timings: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in self._timings))
 
+    def _prepare_environment(self, backend: Backend, channel: Channel) -> None:
+        """The step's dependencies (`--environment=uv`), installed once per environment on this side."""
+        if not self.launch.uv:
+            return
+        directory = environment_dir(UvTarget(**self.launch.uv), self.launch.cache_dir, self.say)
+        if backend.capabilities.can_mount:
+            self._environment_dir = directory
+        else:
+            self._environment_url = channel.publish(environment_archive(directory))
+
+    def _environment_libraries(self, base: str) -> list[dict]:
+        """The environment as a plan library: no modules to probe, so the bootstrap always provides it."""
+        if self._environment_url is None:
+            return []
+        return [
+            {
+                "modules": [],
+                "url": self._environment_url,
+                "dir": f"{base}/environment",
+                "what": "the uv environment",
+            }
+        ]
+
     def _spec(self, backend: Backend, channel: Channel) -> SandboxSpec:
         launch = self.launch
         mounts = [*channel.mounts(), *channel.package()[1]]
+        if self._environment_dir is not None:
+            mounts.append(Mount(self._environment_dir, self._environment_dir, read_only=True))
         readable = channel.readable()
         if backend.capabilities.can_mount:
             mounts += [Mount(prefix, prefix, read_only=True) for prefix in launch.python_prefixes]
@@ -217,6 +246,10 @@ class TaskExecutor:
             self.say(f"Not passing {name} into the sandbox (it is on the deny list).")
             del env[name]
         env.update(channel.env())
+        if self._environment_dir is not None:  # after the code package, before the interpreter's own packages
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (env.get("PYTHONPATH"), self._environment_dir) if p
+            )
         return Plan(
             python=launch.python,
             argv=self.command.inner_argv(os.path.join(package_dir, launch.flow_file)),
@@ -227,7 +260,7 @@ class TaskExecutor:
             log_paths=channel.log_paths(),
             endpoints=channel.endpoints(),
             uploads=channel.uploads(),
-            libraries=channel.libraries(),
+            libraries=[*self._environment_libraries(channel.base), *channel.libraries()],
         )
 
     def _warm_group(self, backend: Backend, spec: SandboxSpec) -> str | None:
@@ -264,7 +297,7 @@ class TaskExecutor:
                 package_url=package.get("url"),
                 workdir=f"{base}/work",
                 endpoints=channel.endpoints(),
-                libraries=channel.libraries(base),
+                libraries=[*self._environment_libraries(base), *channel.libraries(base)],
                 prepare_only=True,
             )
             bootstrap, plan_file = f"{base}/bootstrap.py", f"{base}/prepare.json"

@@ -61,6 +61,8 @@ class TaskLaunch:
     #: and the run's --max-workers: the sandbox host creates sandboxes for the splits still to come ahead.
     foreach_size: int = 0
     max_workers: int = 16
+    #: `--environment=uv`: a `UvTarget` as a dict (project directory, Python version, platform), else None.
+    uv: dict[str, str] | None = None
 
     @property
     def labels(self) -> dict[str, str]:
