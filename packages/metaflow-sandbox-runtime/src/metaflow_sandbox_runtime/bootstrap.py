@@ -355,8 +355,8 @@ def run(plan):
         decorator.close()
     code = step.wait()
     code = 128 - code if code < 0 else code
-    for item, error in _upload_all(plan.get("uploads") or []):
-        sys.stderr.write("[sandbox] could not upload %s: %s\n" % (item["path"], error))
+    for item, problem in _upload_all(plan.get("uploads") or []):
+        sys.stderr.write("[sandbox] could not upload %s: %s\n" % (item["path"], problem))
         code = code or EXIT_UNREACHABLE
     return code
 
