@@ -13,7 +13,7 @@ from .errors import (
     UnavailableError,
 )
 from .limiter import CreateLimiter, create_limits, setting_name
-from .output import MAX_LINE_BYTES, LineSplitter, OutputCallback
+from .output import MAX_LINE_BYTES, LineSplitter, OutputCallback, neutralize_controls
 from .process import PipeCommand, exit_code, kill_process_group
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -72,5 +72,6 @@ __all__ = [
     "labels_match",
     "load_backend",
     "pick_default_backend",
+    "neutralize_controls",
     "setting_name",
 ]

@@ -27,6 +27,7 @@ from metaflow_sandbox_core import (
     SandboxTimeoutError,
     call_with_retries,
     load_backend,
+    neutralize_controls,
 )
 from metaflow_sandbox_relay import RelayRefusedError, ServiceReplayError
 from metaflow_sandbox_runtime import Plan, bootstrap_source
@@ -270,7 +271,7 @@ class TaskExecutor:
             )
             if code != 0:
                 raise SandboxError(
-                    f"its preparation exited {code}: {b''.join(said[-5:]).decode(errors='replace').strip()}"
+                    f"its preparation exited {code}: {neutralize_controls(b''.join(said[-5:])).decode(errors='replace').strip()}"
                 )
             return sandbox
         except BaseException:
@@ -311,7 +312,9 @@ class TaskExecutor:
                 sandbox.upload(bootstrap_source(), bootstrap)
             sandbox.upload(plan.to_json().encode(), plan_file)
             code = sandbox.run(
-                plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=self.output
+                plan.command(bootstrap, plan_file),
+                timeout=spec.timeout,
+                on_output=lambda stream, line: self.output(stream, neutralize_controls(line)),
             )
             if code > 128 and sandbox.memory_exceeded():  # killed by a signal: by the memory limit?
                 limit = f"memory={spec.memory_mb} MiB" if spec.memory_mb else "the backend's default memory"
