@@ -109,7 +109,9 @@ class BubblewrapSandbox(Sandbox):
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
 
-    def _start_bwrap(self, argv: list[str], env: dict[str, str], cwd: str, seccomp_fd: int | None) -> PipeCommand:
+    def _start_bwrap(
+        self, argv: list[str], env: dict[str, str], cwd: str, seccomp_fd: int | None
+    ) -> PipeCommand:
         command = build_bwrap_argv(
             self._bwrap,
             host=self._host,

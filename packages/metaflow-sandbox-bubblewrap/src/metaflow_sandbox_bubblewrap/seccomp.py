@@ -136,7 +136,9 @@ _NUMBERS: dict[str, tuple[int | None, int | None]] = {
 DENIED = tuple(sorted(set(_NUMBERS) - {"clone", "clone3", "ioctl", "personality", "unshare"}))
 
 #: CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET (clone's low byte is the exit signal).
-CLONE_NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+CLONE_NAMESPACE_FLAGS = (
+    0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+)
 #: ...and CLONE_NEWTIME, which only unshare takes.
 UNSHARE_NAMESPACE_FLAGS = CLONE_NAMESPACE_FLAGS | 0x00000080
 #: personality() values allowed (as Docker does): PER_LINUX, PER_LINUX32, UNAME26 variants, and the query.

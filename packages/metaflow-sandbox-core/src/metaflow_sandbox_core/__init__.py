@@ -71,7 +71,7 @@ __all__ = [
     "kill_process_group",
     "labels_match",
     "load_backend",
-    "pick_default_backend",
     "neutralize_controls",
+    "pick_default_backend",
     "setting_name",
 ]
