@@ -6,7 +6,7 @@
   RLIMIT_AS per process (weaker: counts address space, not memory, and each process separately).
 - `disk_mb`: RLIMIT_FSIZE (no single file larger than that); total disk use is not limited.
 - `gpu`: no GPU passthrough; asking for one is a `ConfigError`.
-- processes (always): RLIMIT_NPROC of `MAX_PROCESSES` for the sandbox's own host uid when the launcher is
+- processes (always): RLIMIT_NPROC of `MAX_PROCESSES` (1024, or 32 per CPU) for the sandbox's own host uid when the launcher is
   root (each sandbox has a uid of its own, so it counts exactly the sandbox's processes and threads); not
   limited under an unprivileged launcher, whose uid the sandbox shares (TODO: a pids cgroup there).
 """
@@ -24,8 +24,9 @@ from metaflow_sandbox_core import ConfigError, SandboxSpec
 from .cgroups import SandboxCgroup, create_sandbox_cgroup
 
 MIB = 1024 * 1024
-#: Processes and threads a sandbox may have at once (a fork bomb stops here, the host stays usable).
-MAX_PROCESSES = 1024
+#: Processes and threads a sandbox may have at once (a fork bomb stops here, the host stays usable): 1024, or
+#: 32 per CPU on larger machines (thread pools of numeric libraries size themselves by CPUs).
+MAX_PROCESSES = max(1024, 32 * (os.cpu_count() or 1))
 
 
 @dataclass
