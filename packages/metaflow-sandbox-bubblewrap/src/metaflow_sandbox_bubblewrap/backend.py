@@ -80,7 +80,12 @@ class BubblewrapBackend(Backend):
         layout.create(user)
         limits: SandboxLimits | None = None
         try:
-            limits = apply_limits(spec, cgroup_name=CGROUP_PREFIX + sandbox_id, seed=int(sandbox_id[-8:], 16))
+            limits = apply_limits(
+                spec,
+                cgroup_name=CGROUP_PREFIX + sandbox_id,
+                seed=int(sandbox_id[-8:], 16),
+                own_uid=user.drop_from_root,
+            )
             record = SandboxRecord(sandbox_id, dict(spec.labels), time.time(), cgroups=limits.cgroup.dirs)
             record.save(layout.record_file)
             for mount in spec.mounts:

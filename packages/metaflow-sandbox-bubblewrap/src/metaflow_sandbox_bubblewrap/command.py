@@ -131,8 +131,10 @@ def build_bwrap_argv(
     argv: Sequence[str],
     cwd: str,
     user: SandboxUser = NAMESPACED_USER,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
-    """The full command line that runs `argv` in a sandbox.
+    """The full command line that runs `argv` in a sandbox (under the seccomp filter bwrap reads from
+    `seccomp_fd`, when given; see `seccomp.py`).
 
     `binds` are applied in order after the system directories (private dirs first, then user mounts,
     so a mount inside /tmp lands on top of the private /tmp). The root is then made read-only.
@@ -147,6 +149,7 @@ def build_bwrap_argv(
         "/",
         "--chdir",
         cwd,
+        *([] if seccomp_fd is None else ["--seccomp", str(seccomp_fd)]),
         "--",
         *privilege_drop(user),
         *argv,

@@ -6,6 +6,9 @@
   RLIMIT_AS per process (weaker: counts address space, not memory, and each process separately).
 - `disk_mb`: RLIMIT_FSIZE (no single file larger than that); total disk use is not limited.
 - `gpu`: no GPU passthrough; asking for one is a `ConfigError`.
+- processes (always): RLIMIT_NPROC of `MAX_PROCESSES` (1024, or 32 per CPU) for the sandbox's own host uid when the launcher is
+  root (each sandbox has a uid of its own, so it counts exactly the sandbox's processes and threads); not
+  limited under an unprivileged launcher, whose uid the sandbox shares (TODO: a pids cgroup there).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from metaflow_sandbox_core import ConfigError, SandboxSpec
 from .cgroups import SandboxCgroup, create_sandbox_cgroup
 
 MIB = 1024 * 1024
+#: Processes and threads a sandbox may have at once (a fork bomb stops here, the host stays usable): 1024, or
+#: 32 per CPU on larger machines (thread pools of numeric libraries size themselves by CPUs).
+MAX_PROCESSES = max(1024, 32 * (os.cpu_count() or 1))
 
 
 @dataclass
@@ -74,8 +80,9 @@ def pick_cpus(cpu: float, available: Iterable[int], seed: int) -> frozenset[int]
     return frozenset(ordered[(start + i) % len(ordered)] for i in range(count))
 
 
-def apply_limits(spec: SandboxSpec, *, cgroup_name: str, seed: int) -> SandboxLimits:
-    """Create what the spec's limits need (a cgroup, if any) and describe how each is enforced.
+def apply_limits(spec: SandboxSpec, *, cgroup_name: str, seed: int, own_uid: bool = False) -> SandboxLimits:
+    """Create what the spec's limits need (a cgroup, if any) and describe how each is enforced. `own_uid`:
+    the sandbox runs as a host uid of its own (a root launcher), so RLIMIT_NPROC bounds its processes.
 
     The spec must have passed `reject_unsupported`.
     """
@@ -106,6 +113,11 @@ def apply_limits(spec: SandboxSpec, *, cgroup_name: str, seed: int) -> SandboxLi
         limits.enforcement["disk"] = (
             f"RLIMIT_FSIZE: no single file over {spec.disk_mb} MiB; total disk use is not limited"
         )
+    if own_uid:
+        rlimits.append((resource.RLIMIT_NPROC, MAX_PROCESSES))
+        limits.enforcement["processes"] = f"RLIMIT_NPROC: at most {MAX_PROCESSES} processes and threads"
+    else:
+        limits.enforcement["processes"] = "not limited: the sandbox shares the unprivileged launcher's uid"
     limits.rlimits = tuple(rlimits)
     return limits
 

@@ -22,6 +22,7 @@ from .layout import SANDBOX_WORKDIR, SandboxLayout, SandboxUser, host_path_for, 
 from .limits import SandboxLimits
 from .probe import INSTALL_HINT
 from .processes import ProcessRef
+from .seccomp import filter_bytes, filter_fd
 from .state import SandboxRecord, remove_tree
 
 #: How long destroy() waits for a killed bwrap to exit.
@@ -106,6 +107,17 @@ class BubblewrapSandbox(Sandbox):
     def _start(self, argv: list[str], env: dict[str, str], cwd: str) -> PipeCommand:
         if self.egress is not None:
             argv, env = self.egress.wrap(argv), {**self.egress.env(), **env}
+        seccomp = filter_bytes()
+        seccomp_fd = None if seccomp is None else filter_fd(seccomp)
+        try:
+            return self._start_bwrap(argv, env, cwd, seccomp_fd)
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+
+    def _start_bwrap(
+        self, argv: list[str], env: dict[str, str], cwd: str, seccomp_fd: int | None
+    ) -> PipeCommand:
         command = build_bwrap_argv(
             self._bwrap,
             host=self._host,
@@ -114,6 +126,7 @@ class BubblewrapSandbox(Sandbox):
             argv=argv,
             cwd=cwd,
             user=self.user,
+            seccomp_fd=seccomp_fd,
         )
         try:
             process = subprocess.Popen(
@@ -124,6 +137,7 @@ class BubblewrapSandbox(Sandbox):
                 env={**BASE_ENV, **env},
                 cwd="/",
                 start_new_session=True,
+                pass_fds=() if seccomp_fd is None else (seccomp_fd,),
                 preexec_fn=self._prepare_child,
             )
         except FileNotFoundError:

@@ -14,7 +14,7 @@ from .errors import (
     UnavailableError,
 )
 from .limiter import CreateLimiter, create_limits, setting_name
-from .output import MAX_LINE_BYTES, LineSplitter, OutputCallback
+from .output import MAX_LINE_BYTES, LineSplitter, OutputCallback, neutralize_controls
 from .process import PipeCommand, exit_code, kill_process_group
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -75,6 +75,7 @@ __all__ = [
     "kill_process_group",
     "labels_match",
     "load_backend",
+    "neutralize_controls",
     "parse_allow_list",
     "parse_destination",
     "pick_default_backend",

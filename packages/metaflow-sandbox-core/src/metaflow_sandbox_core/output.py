@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 #: A "line" longer than this is delivered in pieces of this size (bounds memory for newline-free output).
@@ -51,3 +52,19 @@ class LineSplitter:
                 line = bytes(partial)
                 partial.clear()
                 self._on_output(stream, line)
+
+
+#: C0 controls but tab and newline, DEL, and C1 controls (as UTF-8): what a terminal may act on (ESC starts CSI
+#: and OSC sequences: cursor moves, window titles, OSC 52 clipboard writes, hyperlinks).
+_CONTROLS = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
+
+
+def _visible(match: re.Match[bytes]) -> bytes:
+    found = match.group()
+    return b"\\x%02x" % found[0] if len(found) == 1 else b"\\u%04x" % found[1]
+
+
+def neutralize_controls(line: bytes) -> bytes:
+    """`line` with each terminal control character shown as a visible escape (ESC → `\\x1b`, U+009B →
+    `\\u009b`), so sandboxed output cannot drive the user's terminal. Tab and newline are kept."""
+    return _CONTROLS.sub(_visible, line)

@@ -381,7 +381,20 @@ def _upload_all(items):
     return failed
 
 
+def _not_dumpable():
+    """PR_SET_DUMPABLE 0: the step (same user) can then neither ptrace this process nor open its
+    /proc/PID/fd, /proc/PID/mem (it could forge the lines the launcher reads). The step's own exec makes it
+    dumpable again. Best effort: a no-op off Linux."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv):
+    _not_dumpable()
     if len(argv) != 2:
         sys.stderr.write("usage: bootstrap.py PLAN.json\n")
         return 2

@@ -28,6 +28,7 @@ from metaflow_sandbox_core import (
     SandboxTimeoutError,
     call_with_retries,
     load_backend,
+    neutralize_controls,
 )
 from metaflow_sandbox_core.housekeeping import later
 from metaflow_sandbox_relay import RelayRefusedError, ServiceReplayError
@@ -309,7 +310,7 @@ class TaskExecutor:
             )
             if code != 0:
                 raise SandboxError(
-                    f"its preparation exited {code}: {b''.join(said[-5:]).decode(errors='replace').strip()}"
+                    f"its preparation exited {code}: {neutralize_controls(b''.join(said[-5:])).decode(errors='replace').strip()}"
                 )
             return sandbox
         except BaseException:
@@ -351,7 +352,9 @@ class TaskExecutor:
                 sandbox.upload(bootstrap_source(), bootstrap)
             sandbox.upload(plan.to_json().encode(), plan_file)
             code = sandbox.run(
-                plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=self.output
+                plan.command(bootstrap, plan_file),
+                timeout=spec.timeout,
+                on_output=lambda stream, line: self.output(stream, neutralize_controls(line)),
             )
             returned = True
             if code > 128 and sandbox.memory_exceeded():  # killed by a signal: by the memory limit?
