@@ -144,7 +144,7 @@ def _resolver(addresses: dict[str, str]):
     return resolve
 
 
-def test_rules_check_the_resolved_address_and_never_reach_loopback_through_a_wildcard() -> None:
+def test_rules_check_the_resolved_address_and_never_reach_loopback_or_the_lan_through_a_wildcard() -> None:
     rules = EgressRules(
         ["*.example.com", "api.example.org:443", "10.0.0.0/8"],
         resolve=_resolver(
@@ -153,6 +153,7 @@ def test_rules_check_the_resolved_address_and_never_reach_loopback_through_a_wil
                 "evil.example.com": "127.0.0.1",
                 "meta.example.com": "169.254.169.254",
                 "api.example.org": "10.1.1.1",
+                "lan.example.com": "192.168.1.20",
             }
         ),
     )
@@ -162,6 +163,7 @@ def test_rules_check_the_resolved_address_and_never_reach_loopback_through_a_wil
     for host, port in [
         ("evil.example.com", 80),
         ("meta.example.com", 80),
+        ("lan.example.com", 80),  # a wildcard name never leads into the LAN
         ("api.example.org", 80),
         ("example.com", 443),
         ("11.0.0.1", 22),

@@ -9,7 +9,8 @@ absolute-form plain HTTP requests (one per connection), and nothing else:
 - by address: the proxy resolves the name itself (the sandbox has no DNS) and connects to an address it
   checked, never re-resolving. Loopback, link-local, unspecified and multicast addresses are reached only
   when an entry names them as an IP or CIDR (a local datastore endpoint such as `127.0.0.1:9000`) or the name
-  is an exact `localhost` entry; a name allowed by a wildcard never reaches them.
+  is an exact `localhost` entry; private addresses (RFC 1918, ULA) only through an exact name or an IP/CIDR
+  entry. A name allowed by a wildcard never reaches any of them.
 Not looked at: what flows inside an allowed CONNECT tunnel (no TLS interception, so SNI is not compared with
 the CONNECT host), and the `Host` header of a plain request beyond its URL.
 """
@@ -60,7 +61,8 @@ class EgressRules:
         matched = [d for d in self.destinations if d.network is None and d.matches_name(host, port)]
         if not matched:
             raise Refused(f"{host}:{port} is not on the sandbox's allow-list")
-        exact_localhost = any(d.kind is not EgressKind.WILDCARD and d.host == "localhost" for d in matched)
+        exact = [d for d in matched if d.kind is not EgressKind.WILDCARD]
+        exact_localhost = any(d.host == "localhost" for d in exact)
         try:
             infos = self._resolve(host, port, type=socket.SOCK_STREAM)
         except OSError as error:
@@ -68,17 +70,16 @@ class EgressRules:
         addresses: list[str] = []
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
-            if (
-                _special(address)
-                and not exact_localhost
-                and not any(d.matches_address(address, port) for d in self.destinations)
-            ):
+            named = any(d.matches_address(address, port) for d in self.destinations)
+            if _special(address) and not exact_localhost and not named:
                 continue
+            if address.is_private and not (exact or named):
+                continue  # a wildcard name answered with a private address (DNS rebinding into the LAN)
             if str(address) not in addresses:
                 addresses.append(str(address))
         if addresses:
             return addresses
-        raise Refused(f"{host} resolves only to host-local addresses, which the allow-list does not name")
+        raise Refused(f"{host} resolves only to host-local or private addresses, which the allow-list does not name")
 
 
 class EgressProxy:
