@@ -79,7 +79,9 @@ class EgressRules:
                 addresses.append(str(address))
         if addresses:
             return addresses
-        raise Refused(f"{host} resolves only to host-local or private addresses, which the allow-list does not name")
+        raise Refused(
+            f"{host} resolves only to host-local or private addresses, which the allow-list does not name"
+        )
 
 
 class EgressProxy:
