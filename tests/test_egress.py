@@ -10,11 +10,11 @@ the reachability checks; what each provider is asked for is asserted in the back
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
+
+from metaflow_sandbox_testing.local_web import hello_servers
 
 from .conftest import BACKEND, FLOWS, Project
 
@@ -27,28 +27,11 @@ NOT_ENFORCED = (
 )
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = f"hello {self.server.server_address[1]}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def web() -> Iterator[tuple[int, int]]:
+def web() -> Iterator[tuple[int, ...]]:
     """(an "allowed API", a loopback service / "the internet"): plain HTTP servers on 127.0.0.1."""
-    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello) for _ in range(2)]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield servers[0].server_address[1], servers[1].server_address[1]
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with hello_servers(2) as ports:
+        yield ports
 
 
 def run_egress(project: Project, network: object, urls: list[str]) -> dict:
@@ -85,6 +68,6 @@ def test_allow_list_reaches_the_allowed_host_and_not_another(project: Project, w
     seen = run_egress(project, [entry], [allowed, refused])
     if not ENFORCED_HERE:
         pytest.skip(NOT_ENFORCED)
-    assert seen["fetched"][allowed] == f"ok hello {api}", seen
+    assert seen["fetched"][allowed] == f"ok hello from {api}", seen
     assert seen["fetched"][refused].startswith("http 403"), seen
     assert seen["direct"] == {allowed: "ConnectionRefusedError", refused: "ConnectionRefusedError"}, seen

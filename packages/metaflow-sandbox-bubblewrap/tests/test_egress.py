@@ -3,7 +3,6 @@ on 127.0.0.1 standing in for the datastore and for "the internet" (no traffic le
 
 from __future__ import annotations
 
-import http.server
 import os
 import socket
 import threading
@@ -13,6 +12,7 @@ import pytest
 
 from metaflow_sandbox_bubblewrap import BubblewrapSandbox
 from metaflow_sandbox_bubblewrap.egress_proxy import EgressRules, Refused
+from metaflow_sandbox_testing.local_web import hello_servers
 
 CreateSandbox = Callable[..., BubblewrapSandbox]
 Shell = Callable[..., "tuple[int, str]"]
@@ -27,28 +27,11 @@ except Exception as error:
 """
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = f"hello from {self.server.server_address[1]}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def http_servers() -> Iterator[tuple[int, int]]:
+def http_servers() -> Iterator[tuple[int, ...]]:
     """Two plain HTTP servers on 127.0.0.1: the "datastore" and a loopback service that must stay unreachable."""
-    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello) for _ in range(2)]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield servers[0].server_address[1], servers[1].server_address[1]
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with hello_servers(2) as ports:
+        yield ports
 
 
 def fetch(shell: Shell, sandbox: BubblewrapSandbox, url: str) -> str:
