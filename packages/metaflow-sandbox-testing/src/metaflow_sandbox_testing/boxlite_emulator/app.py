@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import shutil
-import signal
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..daytona_emulator.image import Image
+from ..emulator_server import start_site, until_stopped
 from .boxes import ApiError, Box, Execution, Registry, bad_request, not_found
 from .faults import Faults
 
@@ -338,21 +338,11 @@ async def serve(
     api = Api(registry, api_key, prefix)
     app = web.Application(client_max_size=1024**4)
     app.router.add_route("*", "/{tail:.*}", api.handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
-    await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    runner, base = await start_site(app, host, port)
     if on_ready is not None:
-        on_ready(f"http://{host}:{bound}")
+        on_ready(base)
     try:
-        await stop.wait()
+        await until_stopped(stop)
     finally:
         registry.remove_all()
         await runner.cleanup()

@@ -6,13 +6,13 @@ import asyncio
 import logging
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
+from ..emulator_server import start_site, until_stopped
 from . import admin, api, toolbox
 from .envelope import SOURCE_PROXY, EmulatorError, error_response
 from .faults import Faults
@@ -100,25 +100,12 @@ async def serve(
         image=image,
         host_paths=host_paths,
     )
-    runner = web.AppRunner(
-        make_app(registry, api_key), access_log=None, handle_signals=False, shutdown_timeout=5.0
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
-    await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    base = f"http://{host}:{bound}"
+    runner, base = await start_site(make_app(registry, api_key), host, port)
     registry.toolbox_url = f"{base}/toolbox"
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     if on_ready is not None:
         on_ready(f"{base}/api")
     try:
-        await stop.wait()
+        await until_stopped(stop)
     finally:
         await registry.delete_all()
         await runner.cleanup()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from ..daytona_emulator.image import Image
+from ..emulator_server import start_site, until_stopped
 from . import control, envd
 from .faults import Faults
 from .sandboxes import ApiError, Registry
@@ -131,21 +131,11 @@ async def serve(
     app.add_routes(admin)
     app.add_routes(control.routes)
     app.add_routes(envd.routes)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
-    await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    runner, base = await start_site(app, host, port)
     if on_ready is not None:
-        on_ready(f"http://{host}:{bound}")
+        on_ready(base)
     try:
-        await stop.wait()
+        await until_stopped(stop)
     finally:
         await registry.end_all()
         await runner.cleanup()
