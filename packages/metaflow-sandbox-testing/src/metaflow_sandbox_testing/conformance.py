@@ -402,7 +402,8 @@ class BackendConformance:
                 f"{backend.name} does not claim processes_end_with_command (background processes run on)"
             )
         path = f"{sandbox.workdir}/ticks"
-        script = f"(while true; do echo tick >> {path}; sleep 0.02; done) & sleep 0.3"
+        # The command returns once the background writer has written (an event, not a delay).
+        script = f"(while true; do echo tick >> {path}; sleep 0.02; done) & until [ -s {path} ]; do sleep 0.01; done"
         assert sandbox.run(sh(script), timeout=COMMAND_TIMEOUT) == 0
         ticks = sandbox.download(path)
         assert ticks, "the background process never ran"
