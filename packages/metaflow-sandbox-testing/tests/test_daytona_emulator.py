@@ -6,7 +6,6 @@ import asyncio
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -533,25 +532,6 @@ def _request(emulator: DaytonaEmulator, method: str, path: str) -> tuple[int, di
         return response.status, json.loads(response.read())
     finally:
         connection.close()
-
-
-def test_command_line_prints_its_url_and_stops_on_sigterm(tmp_path: Any) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "metaflow_sandbox_testing.daytona_emulator", "--port", "0", "--api-key", "k"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("Daytona emulator listening on http://127.0.0.1:") and line.strip().endswith(
-            "/api"
-        )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_emulator_dies_with_the_process_that_started_it(tmp_path: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -20,10 +21,14 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
     return runner, f"http://{host}:{bound}"
 
 
-async def until_stopped(stop: asyncio.Event | None) -> None:
-    """Return once `stop` is set, or SIGTERM or SIGINT arrives."""
+async def until_stopped(stop: asyncio.Event | None, url: str, on_ready: Callable[[str], None] | None) -> None:
+    """Announce `url` to `on_ready`, then return once `stop` is set or SIGTERM or SIGINT arrives.
+
+    The handlers go in before the announcement: whoever reads the URL may signal at once."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if on_ready is not None:
+        on_ready(url)
     await stop.wait()

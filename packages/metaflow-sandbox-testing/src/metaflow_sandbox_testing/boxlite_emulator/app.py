@@ -339,10 +339,8 @@ async def serve(
     app = web.Application(client_max_size=1024**4)
     app.router.add_route("*", "/{tail:.*}", api.handle)
     runner, base = await start_site(app, host, port)
-    if on_ready is not None:
-        on_ready(base)
     try:
-        await until_stopped(stop)
+        await until_stopped(stop, base, on_ready)
     finally:
         registry.remove_all()
         await runner.cleanup()

@@ -102,10 +102,8 @@ async def serve(
     )
     runner, base = await start_site(make_app(registry, api_key), host, port)
     registry.toolbox_url = f"{base}/toolbox"
-    if on_ready is not None:
-        on_ready(f"{base}/api")
     try:
-        await until_stopped(stop)
+        await until_stopped(stop, f"{base}/api", on_ready)
     finally:
         await registry.delete_all()
         await runner.cleanup()

@@ -132,10 +132,8 @@ async def serve(
     app.add_routes(control.routes)
     app.add_routes(envd.routes)
     runner, base = await start_site(app, host, port)
-    if on_ready is not None:
-        on_ready(base)
     try:
-        await until_stopped(stop)
+        await until_stopped(stop, base, on_ready)
     finally:
         await registry.end_all()
         await runner.cleanup()
