@@ -64,3 +64,56 @@ def test_blobs_then_task_files_then_the_done_lock_alone():
     assert sorted(store.order[:5]) == sorted(rel for rel, _, _ in vetted.blobs)
     assert sorted(store.order[5:7]) == ["F/1/s/2/0.data.json", "F/1/s/2/0.task_stdout.log"]
     assert store.order[7] == "F/1/s/2/0.DONE.lock"
+
+
+def test_a_remote_store_s_inputs_are_read_while_the_task_s_files_are(tmp_path):
+    """Vetting a foreach child needs its input's listing; against S3 it is read meanwhile, not after."""
+    import hashlib
+    import json
+    import os
+    import pickle
+
+    from metaflow_sandbox_relay import (
+        LocalDatastore,
+        LocalStaging,
+        TaskPolicy,
+        TaskScope,
+        collect_staged_task,
+    )
+    from metaflow_sandbox_relay.vetting import vet_task
+
+    together = threading.Barrier(2, timeout=10)  # broken unless the input read and the prefetch overlap
+
+    class RemoteLike(LocalDatastore):
+        concurrency = 8
+
+        def listdir(self, rel):
+            if rel == "F/7/start/1":
+                together.wait()
+            return super().listdir(rel)
+
+    class Staging(LocalStaging):
+        def prefetch(self, rels, sizes):
+            if rels:  # the task's own files (no new blobs here: the second call has none)
+                together.wait()
+
+    def write(root, rel, data):
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(data)
+
+    stage, real, scratch = (str(tmp_path / name) for name in ("stage", "real", "scratch"))
+    os.makedirs(scratch)
+    payload = pickle.dumps([1, 2], protocol=4)
+    sha = hashlib.sha1(payload).hexdigest()
+    items = json.dumps({"objects": {"items": sha}, "info": {"items": {"size": 9, "encoding": "pickle-v4"}}})
+    write(real, f"F/data/{sha[:2]}/{sha}", "stored by the input")
+    write(real, "F/7/start/1/0.data.json", items)
+    write(real, "F/7/start/1/0.DONE.lock", "")
+    write(stage, "F/7/s/3/0.data.json", items)  # the child lists its input's artifact
+    scope = TaskScope(flow="F", run_id="7", step="s", task_id="3", attempt=0)
+    staged = collect_staged_task(Staging(stage), scope)
+    policy = TaskPolicy(ds_root=real, parents=("7/start/1",))
+    vetted = vet_task(staged, RemoteLike(real), policy, scratch, lambda _: None)
+    assert vetted.blobs == [] and [rel for rel, _ in vetted.task_files] == ["F/7/s/3/0.data.json"]

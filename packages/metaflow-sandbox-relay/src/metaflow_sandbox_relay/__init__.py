@@ -9,7 +9,7 @@ from .scope import RelayRefusedError, TaskScope
 from .service_replay import ServiceReplayError, replay_to_service
 from .sources import LocalStaging, S3Staging
 from .staging import Limits, StagedTask, collect_staged_task
-from .stores import Datastore, LocalDatastore, S3Datastore
+from .stores import Datastore, LocalDatastore, S3Datastore, each
 from .vetting import TaskPolicy, VettedTask, input_files, parent_artifacts, vet_task
 
 __version__ = "0.1.0"
@@ -38,6 +38,7 @@ __all__ = [
     "blob_matches_name",
     "collect_staged_task",
     "copy_verified_blob",
+    "each",
     "input_files",
     "parent_artifacts",
     "pickle_problem",

@@ -66,12 +66,23 @@ class S3Staging:
         self.prefix = prefix.rstrip("/") + "/"
         self.problems: list[str] = []
         self._small: dict[str, bytes] = {}  # bodies read once (blob check, then artifact check)
+        self._listed: list[tuple[str, int]] | None = None
 
     def files(self) -> Iterator[tuple[str, int]]:
+        """The staged files and their sizes: the listing `list_once` took, else a fresh one."""
+        if self._listed is not None:
+            yield from self._listed
+            return
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for item in page.get("Contents", []):
                 yield item["Key"][len(self.prefix) :], int(item["Size"])
+
+    def list_once(self) -> None:
+        """List the prefix now (e.g. while another round trip is in flight); `files` then returns this
+        listing. Only for a task that has ended: nothing is staged after it."""
+        self._listed = None
+        self._listed = list(self.files())
 
     def open(self, rel: str) -> IO[bytes]:
         cached = self._small.get(rel)

@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -136,6 +137,25 @@ def vet_task(
     staged: StagedTask, store: Datastore, policy: TaskPolicy, scratch: str, say: Callable[[str], None]
 ) -> VettedTask:
     """Check everything `staged` would apply; raise `RelayRefusedError` naming each problem."""
+    with ThreadPoolExecutor(1) as background:
+        # A remote store's inputs are read meanwhile: a child lists its inputs' artifacts (e.g. a foreach's
+        # items) nearly always. A local one is read only if needed.
+        inputs = (
+            background.submit(parent_artifacts, store, staged.scope.flow, policy.parents)
+            if store.concurrency > 1 and policy.parents
+            else None
+        )
+        return _vet(staged, store, policy, scratch, say, inputs)
+
+
+def _vet(
+    staged: StagedTask,
+    store: Datastore,
+    policy: TaskPolicy,
+    scratch: str,
+    say: Callable[[str], None],
+    inputs: Future[set[str]] | None,
+) -> VettedTask:
     scope = staged.scope
     limits = policy.limits
     budget = Budget(limits.max_result_bytes, limits.seconds)
@@ -144,7 +164,6 @@ def vet_task(
     allowed = trust_rule(policy.trusted_types)
     source = staged.source
     flow = scope.flow
-
     data_json_rel = "/".join((*scope.task_path, f"{scope.attempt}.data.json"))
     listing: _Listing | None = None
     source.prefetch(sorted(staged.task_files), staged.sizes)
@@ -205,7 +224,7 @@ def vet_task(
                 )
                 continue
             if parents is None:
-                parents = parent_artifacts(store, flow, policy.parents)
+                parents = inputs.result() if inputs else parent_artifacts(store, flow, policy.parents)
             if sha in parents:
                 continue  # an input's artifact, accepted into the flow before this task ran
             if not stored[sha]:

@@ -34,6 +34,7 @@ from metaflow_sandbox_relay import (
     apply_local_metadata,
     apply_to_datastore,
     collect_staged_task,
+    each,
     input_files,
     replay_to_service,
     vet_task,
@@ -344,7 +345,8 @@ class S3Channel(Channel):
     def relay(self, exit_code: int) -> None:
         source = S3Staging(self.s3.client, self.staged_datastore.url)
         metadata_dir = tempfile.mkdtemp(prefix="metadata-", dir=self.scratch_root)
-        self._fetch_metadata(metadata_dir)
+        # Two independent round trips at once: the staging listing and the metadata archive.
+        each(2, lambda read: read(), [source.list_once, lambda: self._fetch_metadata(metadata_dir)])
         staged = collect_staged_task(source, self.scope, self.limits, metadata=LocalStaging(metadata_dir))
         self._apply(staged, S3Datastore(self.s3.client, self.s3.root.url), exit_code)
 
@@ -353,14 +355,24 @@ class S3Channel(Channel):
         from botocore.exceptions import ClientError
 
         location = self.metadata_archive
-        try:
-            head = self.s3.client.head_object(Bucket=location.bucket, Key=location.key)
+        try:  # one GET: its length is known before the body is read
+            response = self.s3.client.get_object(Bucket=location.bucket, Key=location.key)
         except ClientError:
             return  # the task never got to write any
-        if int(head["ContentLength"]) > MAX_METADATA_ARCHIVE:
-            raise RelayRefusedError(self.scope, [f"the metadata archive is {head['ContentLength']} bytes"])
+        body = response["Body"]
         archive = os.path.join(directory, "..", os.path.basename(directory) + ".tgz")
-        self.s3.download(location, archive)
+        try:
+            if int(response["ContentLength"]) > MAX_METADATA_ARCHIVE:
+                raise RelayRefusedError(
+                    self.scope, [f"the metadata archive is {response['ContentLength']} bytes"]
+                )
+            with open(archive, "wb") as target:
+                while chunk := body.read(1 << 20):
+                    target.write(chunk)
+                    if target.tell() > MAX_METADATA_ARCHIVE:
+                        raise RelayRefusedError(self.scope, ["the metadata archive is longer than announced"])
+        finally:
+            body.close()
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(directory, filter="data")

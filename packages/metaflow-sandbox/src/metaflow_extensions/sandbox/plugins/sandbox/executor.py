@@ -157,7 +157,7 @@ class TaskExecutor:
                 return EXIT_INFRASTRUCTURE
             self._check_interrupted()
             code = self._run_in_sandbox(backend, spec, channel)
-            self._mark("sandbox")
+            self._mark("destroy")
             self._check_interrupted()
             if code == EXIT_INFRASTRUCTURE:
                 return code
@@ -336,6 +336,7 @@ class TaskExecutor:
                 )
             with self._sandbox_lock:
                 self._sandbox = sandbox
+            self._mark("create")
             self._check_interrupted()
             ahead = " (prepared ahead)" if warm else ""
             self.say(
@@ -351,11 +352,13 @@ class TaskExecutor:
             if not warm:
                 sandbox.upload(bootstrap_source(), bootstrap)
             sandbox.upload(plan.to_json().encode(), plan_file)
+            self._mark("upload")
             code = sandbox.run(
                 plan.command(bootstrap, plan_file),
                 timeout=spec.timeout,
                 on_output=lambda stream, line: self.output(stream, neutralize_controls(line)),
             )
+            self._mark("run")
             returned = True
             if code > 128 and sandbox.memory_exceeded():  # killed by a signal: by the memory limit?
                 limit = f"memory={spec.memory_mb} MiB" if spec.memory_mb else "the backend's default memory"

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from . import host_protocol as wire
+
+if TYPE_CHECKING:
+    import subprocess
 
 SOCKET_ENV = "METAFLOW_SANDBOX_HOST_SOCKET"
 CODE_ENV = "METAFLOW_SANDBOX_HOST_CODE"
@@ -42,6 +45,8 @@ def _connect(path: str) -> socket.socket | None:
 
 def _start_host(path: str) -> subprocess.Popen[bytes]:
     """Start a host on `path` in its own session (it outlives this task); it logs next to its socket."""
+    import subprocess  # only here: most tasks find a host running, and every import is paid per task
+
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
