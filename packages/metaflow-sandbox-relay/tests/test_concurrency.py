@@ -37,6 +37,50 @@ def test_each_is_sequential_for_a_local_store_and_raises_the_first_failure():
         each(8, call, [1, 2, 3])
 
 
+def test_each_keeps_to_its_concurrency_on_the_shared_pool_and_nests_without_waiting_on_itself():
+    lock = threading.Lock()
+    now = peak = 0
+
+    def call(n: int) -> int:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+        threading.Event().wait(0.01)
+        with lock:
+            now -= 1
+        return n
+
+    assert each(2, call, range(8)) == list(range(8))
+    assert peak <= 2
+    # Every pool thread busy with a call that itself calls `each`: the inner calls run in turn, no deadlock.
+    inner = [[i, i + 1] for i in range(40)]
+    assert each(40, lambda pair: sum(each(8, call, pair)), inner) == [2 * i + 1 for i in range(40)]
+
+
+def test_each_starts_nothing_after_a_failure():
+    started: list[int] = []
+    gate = threading.Event()
+
+    def call(n: int) -> int:
+        started.append(n)
+        if n == 0:
+            raise ValueError("zero")
+        gate.wait(10)  # the second call is still running when the first fails
+        return n
+
+    def release() -> None:
+        while len(started) < 2:
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.1)
+        gate.set()
+
+    threading.Thread(target=release).start()
+    with pytest.raises(ValueError, match="zero"):
+        each(2, call, range(10))
+    assert sorted(started) == [0, 1]
+
+
 class _RecordingStore:
     concurrency = 8
 

@@ -10,8 +10,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import IO, Any, TypeVar, Union
 
 #: Mode of every file the relay writes into a local datastore: the launcher's, as Metaflow writes its own.
@@ -24,14 +25,44 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
+#: Threads shared by every `each` in the process (a warm host relays many tasks: no thread starts per call).
+POOL_THREADS = 32
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_in_pool = threading.local()
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                POOL_THREADS, "relay-io", initializer=lambda: setattr(_in_pool, "worker", True)
+            )
+        return _pool
+
+
 def each(concurrency: int, call: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """`call` on every item, results in order, up to `concurrency` at once (threads: the calls wait on the
-    network); the first exception is raised once all started calls have ended."""
+    network); after a failure nothing more starts, and the first failure (in item order) is raised once the
+    started calls have ended. Called from one of the pool's threads, it runs the calls in turn (a pool thread
+    never waits for the pool)."""
     items = list(items)
-    if concurrency <= 1 or len(items) <= 1:
+    if concurrency <= 1 or len(items) <= 1 or getattr(_in_pool, "worker", False):
         return [call(item) for item in items]
-    with ThreadPoolExecutor(min(concurrency, len(items))) as pool:
-        return list(pool.map(call, items))
+    pool = _shared_pool()
+    futures: list[Future[_R]] = []
+    running: set[Future[_R]] = set()
+    for item in items:
+        if len(running) >= concurrency:
+            _, running = wait(running, return_when=FIRST_COMPLETED)
+        if any(f.done() and f.exception() is not None for f in futures):
+            break
+        future = pool.submit(call, item)
+        futures.append(future)
+        running.add(future)
+    wait(futures)
+    return [future.result() for future in futures]
 
 
 def cas_meta(raw: bool) -> dict[str, object]:
