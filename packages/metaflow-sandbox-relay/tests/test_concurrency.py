@@ -84,11 +84,18 @@ def test_each_starts_nothing_after_a_failure():
 class _RecordingStore:
     concurrency = 8
 
-    def __init__(self) -> None:
+    def __init__(self, existing: tuple[str, ...] = ()) -> None:
         self.order: list[str] = []
+        self.existing = set(existing)
         self.lock = threading.Lock()
 
-    def put(self, rel: str, source: str, meta: dict | None = None) -> bool:
+    def exists(self, rel: str) -> bool:
+        with self.lock:
+            self.order.append(f"HEAD {rel}")
+        return rel in self.existing
+
+    def put(self, rel: str, source: str, meta: dict | None = None, *, absent: bool = False) -> bool:
+        assert absent  # asked already, all at once
         with self.lock:
             self.order.append(rel)
         return True
@@ -103,11 +110,13 @@ def test_blobs_then_task_files_then_the_done_lock_alone():
             ("F/1/s/2/0.task_stdout.log", "c"),
         ],
     )
-    store = _RecordingStore()
+    store = _RecordingStore(existing=("F/data/ab/ab0",))  # e.g. stored by another task meanwhile
     apply_to_datastore(vetted, store)  # type: ignore[arg-type]
-    assert sorted(store.order[:5]) == sorted(rel for rel, _, _ in vetted.blobs)
-    assert sorted(store.order[5:7]) == ["F/1/s/2/0.data.json", "F/1/s/2/0.task_stdout.log"]
-    assert store.order[7] == "F/1/s/2/0.DONE.lock"
+    heads, puts = store.order[:8], store.order[8:]
+    assert all(entry.startswith("HEAD ") for entry in heads)  # every existence check before any write
+    assert sorted(puts[:4]) == [f"F/data/ab/ab{i}" for i in range(1, 5)]  # the stored one is not rewritten
+    assert sorted(puts[4:6]) == ["F/1/s/2/0.data.json", "F/1/s/2/0.task_stdout.log"]
+    assert puts[6:] == ["F/1/s/2/0.DONE.lock"]
 
 
 def test_a_remote_store_s_inputs_are_read_while_the_task_s_files_are(tmp_path):

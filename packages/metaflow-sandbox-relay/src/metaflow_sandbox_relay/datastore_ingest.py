@@ -9,10 +9,18 @@ from .vetting import VettedTask
 def apply_to_datastore(vetted: VettedTask, store: Datastore) -> None:
     """Create what is not there yet, from the relay's checked copies: blobs (each with the CAS metadata the
     check established) first, then task files, then the `DONE.lock` alone, so readers never see a finished
-    task whose data is missing. Nothing that exists is overwritten. Each stage's writes run concurrently
-    where the store is remote."""
-    each(store.concurrency, lambda blob: store.put(blob[0], blob[1], cas_meta(blob[2])), vetted.blobs)
+    task whose data is missing. Nothing that exists is overwritten. On a remote store, what exists is asked
+    once for all of them at once, and each stage's writes run concurrently."""
     files = sorted(vetted.task_files)
-    for last in (False, True):
-        stage = [item for item in files if item[0].endswith("DONE.lock") is last]
-        each(store.concurrency, lambda item: store.put(*item), stage)
+    stages: list[list[tuple[str, str, dict[str, object] | None]]] = [
+        [(rel, copy, cas_meta(raw)) for rel, copy, raw in vetted.blobs],
+        [(rel, copy, None) for rel, copy in files if not rel.endswith("DONE.lock")],
+        [(rel, copy, None) for rel, copy in files if rel.endswith("DONE.lock")],
+    ]
+    remote = store.concurrency > 1
+    if remote:
+        every = [rel for stage in stages for rel, _, _ in stage]
+        present = {rel for rel, there in zip(every, each(store.concurrency, store.exists, every)) if there}
+        stages = [[item for item in stage if item[0] not in present] for stage in stages]
+    for stage in stages:
+        each(store.concurrency, lambda item: store.put(*item, absent=remote), stage)

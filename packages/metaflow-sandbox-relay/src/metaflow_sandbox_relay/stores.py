@@ -101,9 +101,11 @@ class LocalDatastore:
         except OSError:
             return []
 
-    def put(self, rel: str, source: str, meta: dict[str, object] | None = None) -> bool:
+    def put(
+        self, rel: str, source: str, meta: dict[str, object] | None = None, *, absent: bool = False
+    ) -> bool:
         """Create `rel` from the local file `source` (and its `_meta` sidecar first, when given); False, and
-        nothing written, when `rel` exists."""
+        nothing written, when `rel` exists (checked here whatever `absent` says: it costs a stat)."""
         target = self.path(rel)
         if os.path.lexists(target):
             return False
@@ -194,8 +196,12 @@ class S3Datastore:
             names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
         return names
 
-    def put(self, rel: str, source: str, meta: dict[str, object] | None = None) -> bool:
-        if self.exists(rel):
+    def put(
+        self, rel: str, source: str, meta: dict[str, object] | None = None, *, absent: bool = False
+    ) -> bool:
+        """Create `rel` from `source`; False, and nothing written, when it exists (`absent`: the caller has
+        just checked that it does not)."""
+        if not absent and self.exists(rel):
             return False
         extra = {"Metadata": {S3_USER_METADATA: json.dumps(meta)}} if meta is not None else {}
         if os.path.getsize(source) <= SINGLE_PUT_BYTES:  # most artifacts: one request, no transfer manager
