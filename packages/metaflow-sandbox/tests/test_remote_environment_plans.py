@@ -20,6 +20,7 @@ import pytest
 from metaflow_extensions.sandbox.plugins.sandbox.conda_environment import (
     CACHE_DIR,
     package_urls,
+    plan_fields,
     remote_environment,
 )
 from metaflow_extensions.sandbox.plugins.sandbox.datastore_channels import S3Channel
@@ -202,7 +203,9 @@ def test_metaflow_environments_are_built_in_the_sandbox_from_exactly_their_cache
     # Exactly the manifest's objects, each through a presigned read of its own key.
     assert [_object(f["url"]) for f in packages] == [f"bucket/mf/conda/{p}" for p in expected]
     assert all("Signature=" in f["url"] and "Expires=" in f["url"] for f in packages), packages[0]["url"]
-    assert [f["path"] for f in packages] == [f"{cache}/conda/{p}" for p in expected]
+    # Where Metaflow's bootstrap, given the local datastore rooted at the cache, looks for each package.
+    assert conda["local_package_root"] == ".metaflow/conda"
+    assert [f["path"] for f in packages] == [f"{cache}/.metaflow/conda/{p}" for p in expected]
     # Where Metaflow's bootstrap looks for micromamba before it would download one.
     assert micromamba["path"] == f"{workdir}/micromamba/bin/micromamba" and micromamba["executable"]
     assert published == [conda["micromamba"]]
@@ -268,3 +271,110 @@ def test_uv_environments_reach_a_remote_sandbox_as_one_presigned_archive(tmp_pat
     assert environment["dir"] == "/home/daytona/metaflow-sandbox/environment"
     assert _object(environment["url"]) == f"bucket/mf/.sandbox-packages/{archive.name}"
     assert plan.files == [] and plan.setup == [] and plan.step_python == []  # nothing installs in the sandbox
+
+
+#: Stands in for micromamba, which this machine cannot download: it records what Metaflow's bootstrap asks of
+#: it and, like `micromamba create`, leaves an environment whose bin/python runs.
+MICROMAMBA = """#!/bin/sh
+echo "$*" >> {log}
+if [ "$1" = create ]; then
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --prefix) prefix="$2" ;;
+            --file) cp "$2" {log}.explicit ;;
+        esac
+        shift
+    done
+    mkdir -p "$prefix/bin" && ln -s {python} "$prefix/bin/python"
+fi
+"""
+
+
+@pytest.mark.parametrize("kind", ["pypi", "conda"])
+def test_metaflow_bootstrap_builds_the_environment_from_the_fetched_cache_offline(tmp_path, s3_root, kind):
+    """The plan's files and setup through the real bootstrap.py and Metaflow's real bootstrap module: every
+    cached package is fetched into the per-sandbox local cache, micromamba comes from the plan (no download),
+    the environment is created offline from exactly those packages, and the step runs under its Python."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from metaflow_sandbox_runtime import Plan, bootstrap_path
+
+    environment, flow, id_ = _environment(tmp_path, kind)
+    log = tmp_path / "micromamba.log"
+    micromamba = tmp_path / "micromamba"
+    micromamba.write_text(MICROMAMBA.format(log=log, python=sys.executable))
+    micromamba.chmod(0o755)
+    conda = remote_environment(
+        environment, flow, "inside", "linux-64", str(tmp_path / "cache"), str(micromamba)
+    )
+    # The code package as the sandbox has it: metaflow and the environment's manifest (Metaflow adds it).
+    package = tmp_path / "package"
+    package.mkdir()
+    import metaflow
+
+    (package / "metaflow").symlink_to(os.path.dirname(metaflow.__file__))
+    (package / "conda.manifest").write_text(
+        (tmp_path / ".metaflow" / "PypiFlow" / "conda.manifest").read_text()
+    )
+    objects = {f"/{path}": f"bytes of {path}".encode() for path in conda["packages"]}
+    objects["/micromamba"] = micromamba.read_bytes()
+
+    class Store(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = objects.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    workdir = tmp_path / "work"
+    fields = plan_fields(
+        conda, str(workdir), [f"{base}/{p}" for p in conda["packages"]], f"{base}/micromamba"
+    )
+    plan = Plan(
+        python=sys.executable,
+        argv=["-c", "import sys; print('step under', sys.executable)"],
+        package_dir=str(package),
+        workdir=str(workdir),
+        env={"PYTHONPATH": str(package), "METAFLOW_EXTRACTED_ROOT": str(package)},
+        **fields,
+    )
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    path = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if not os.path.exists(f"{p}/micromamba")
+    )
+    try:
+        done = subprocess.run(
+            plan.command(bootstrap_path(), str(tmp_path / "plan.json")),
+            capture_output=True,
+            text=True,
+            env={"PATH": path, "HOME": str(tmp_path)},
+            timeout=120,
+        )
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().endswith(f"step under {workdir}/linux-64/{id_}/bin/python"), done.stdout
+    calls = log.read_text().splitlines()
+    assert (
+        calls[0].startswith("create --yes --offline --no-deps")
+        and f"--prefix {workdir}/linux-64/{id_}" in calls[0]
+    )
+    explicit = (tmp_path / "micromamba.log.explicit").read_text().split()
+    conda_files = [os.path.basename(p["url"]) for p in CONDA_PACKAGES]
+    assert explicit[0] == "@EXPLICIT" and sorted(os.path.basename(p) for p in explicit[1:]) == sorted(
+        conda_files
+    )
+    if kind == "pypi":
+        assert "--no-index" in calls[1] and calls[1].endswith(
+            f"{workdir}/.pkgs/pypi/{os.path.basename(PYPI_PACKAGES[0]['url'])}"
+        ), calls
+    assert len(calls) == (2 if kind == "pypi" else 1), calls

@@ -108,6 +108,8 @@ def remote_environment(
             "@pypi/@conda: the environment of step %s was not resolved for %s; run the flow again (Metaflow "
             "resolves for the sandbox decorator's target_platform)." % (step, platform)
         )
+    from metaflow.metaflow_config import DATASTORE_LOCAL_DIR
+
     env, argv = _setup_command(environment, step)
     argv[-1] = "local"  # the fetched copy of the cache, a local package root (below)
     interpreter = shlex.split(environment.executable(step).replace("$MF_ARCH", platform))
@@ -115,6 +117,8 @@ def remote_environment(
         "id": id_,
         "platform": platform,
         "package_root": package_root(environment.datastore_type),
+        # Below METAFLOW_DATASTORE_SYSROOT_LOCAL, where Metaflow's local datastore keeps its package cache.
+        "local_package_root": f"{DATASTORE_LOCAL_DIR}/conda",
         "packages": packages,
         "setup_env": env,
         "setup_argv": argv,
@@ -171,8 +175,9 @@ def plan_fields(conda: dict, workdir: str, reads: list[str], micromamba_url: str
     """The plan's `files`, `setup` and `step_python` for a remote sandbox: fetch the cache (presigned `reads`,
     in `package_urls` order) and micromamba, run Metaflow's bootstrap on them, run the step in the result."""
     cache = f"{workdir}/{CACHE_DIR}"
+    local_root = f"{cache}/{conda['local_package_root']}"
     files: list[dict] = [
-        {"url": url, "path": f"{cache}/conda/{path}", "what": "a cached package of the environment"}
+        {"url": url, "path": f"{local_root}/{path}", "what": "a cached package of the environment"}
         for url, path in zip(reads, conda["packages"], strict=True)
     ]
     # Where Metaflow's bootstrap looks for micromamba before downloading it.
@@ -186,7 +191,7 @@ def plan_fields(conda: dict, workdir: str, reads: list[str], micromamba_url: str
     )
     env = {
         **conda["setup_env"],
-        "METAFLOW_DATASTORE_SYSROOT_LOCAL": cache,  # its local package root: <cache>/conda
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": cache,  # its local package root: <cache>/.metaflow/conda
         "METAFLOW_CONDA_USE_FAST_INIT": "0",  # the fast initializer is downloaded from the internet
     }
     return {
