@@ -300,7 +300,8 @@ def run(plan):
         _provide_libraries(python, env, plan.get("libraries") or [])
         if plan.get("prepare_only"):
             return 0
-        _fetch_files(plan.get("files") or [])
+        if plan.get("files"):
+            _fetch_files(plan["files"])
     except FetchError as error:
         sys.stderr.write("[sandbox] %s\n" % error)
         return EXIT_UNREACHABLE
