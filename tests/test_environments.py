@@ -1,8 +1,9 @@
 """Dependencies inside sandboxes: `--environment=uv` installed once by the launcher, never from inside.
 
 The project's uv.lock is made here with real uv (the launcher reaches the package index; the sandbox never
-does); without the index these tests skip saying so. `@pypi`/`@conda` need Metaflow's resolver (micromamba and
-conda channels), which this machine cannot download: those tests skip with that reason.
+does); without the index these tests skip saying so. Running `@pypi`/`@conda` steps needs Metaflow's resolver
+(micromamba and conda channels), which this machine cannot download: those tests skip with that reason; the
+refusal of a package cache a remote sandbox cannot read comes before any resolving and runs everywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 
-from .conftest import Project
+from .conftest import BACKEND, Project
 
 pytestmark = pytest.mark.integration
 
@@ -94,23 +95,76 @@ def test_uv_lock_missing_or_stale_fails_before_any_sandbox(project: Project):
     ), "a sandboxed task started"
 
 
+#: Why the @pypi/@conda runs cannot happen on this kind of machine (checked, not assumed).
+RESOLVER_MISSING = (
+    "--environment={environment} needs Metaflow's resolver: micromamba and conda channels, which this machine "
+    "cannot download"
+)
+
+
+def _resolver(environment: str) -> None:
+    if shutil.which("micromamba") is None:
+        pytest.skip(RESOLVER_MISSING.format(environment=environment))
+
+
 @pytest.mark.parametrize("environment", ["pypi", "conda"])
 def test_pypi_steps_run_inside_the_sandbox(project: Project, environment: str):
-    from .conftest import BACKEND
-
-    if shutil.which("micromamba") is None:
-        pytest.skip(
-            f"--environment={environment} needs Metaflow's resolver: micromamba and conda channels, which this "
-            "machine cannot download"
-        )
+    """Every backend: bubblewrap mounts the environment Metaflow built here; a remote backend builds it from the
+    datastore's package cache (presigned reads) before the step."""
+    _resolver(environment)
     project.env.update({name: os.environ[name] for name in INDEX_SETTINGS if name in os.environ})
     result = project.run("pypi_flow.py", "--environment", environment, "run", check=False)
-    if BACKEND != "bubblewrap":  # refused before any sandbox exists, naming the fix
-        assert result.returncode != 0 and "--environment=uv" in result.stdout + result.stderr
-        return
     assert result.returncode == 0, result.stdout + result.stderr
     data = project.query(
         "d = Flow('PypiFlow').latest_run['inside'].task.data\n"
         "result = dict(words=d.words, inside=d.in_sandbox, python=d.python)"
     )
     assert data["words"] == "1,000" and data["inside"] is True, data  # asserted from inside the sandbox
+
+
+@pytest.mark.parametrize("decorator", ["pypi", "conda"])
+def test_daytona_with_pypi_or_conda_builds_the_environment_offline_in_the_sandbox(
+    project: Project, decorator: str
+):
+    """`@daytona` + `@pypi` / `@conda`: Metaflow's bootstrap runs in the sandbox on the cached packages the
+    launcher presigned (and the launcher's micromamba), then the step runs under that environment's Python."""
+    _resolver(decorator)
+    if BACKEND != "daytona":
+        pytest.skip("a @daytona flow: it runs in the daytona rows")
+    project.env.update({name: os.environ[name] for name in INDEX_SETTINGS if name in os.environ})
+    flow = f"daytona_{decorator}_flow.py"
+    name = f"Daytona{decorator.capitalize()}Flow"
+    result = project.run(flow, "--environment", decorator, "run", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = project.query(
+        f"d = Flow('{name}').latest_run['inside'].task.data\n"
+        "result = dict(words=d.words, inside=d.in_sandbox, python=d.python, module=d.module)"
+    )
+    assert data["words"] == "1,000" and data["inside"] is True, data  # asserted from inside the sandbox
+    assert "/linux-64/" in data["python"] and "/metaflow-sandbox/work/" in data["python"], data
+    assert data["module"].startswith(os.path.dirname(os.path.dirname(data["python"]))), data
+    assert not project.live_sandboxes()
+
+
+def test_a_package_cache_the_sandbox_cannot_read_fails_before_any_sandbox(project: Project):
+    """Checked in the sandbox decorator's step_init, before Metaflow resolves anything (so it runs here)."""
+    if BACKEND == "bubblewrap":
+        pytest.skip(
+            "bubblewrap mounts the environment Metaflow built on this machine: it reads no package cache"
+        )
+    bucket = project.env["MFS_TEST_BUCKET"]
+    elsewhere = f"s3://{bucket}-cache/conda"
+    outside = project.run(
+        "pypi_flow.py", "--environment", "pypi", "run", check=False, METAFLOW_CONDA_PACKAGE_S3ROOT=elsewhere
+    )
+    said = outside.stdout + outside.stderr
+    assert outside.returncode != 0
+    assert f"cached at {elsewhere}, a package cache the sandbox's credentials cannot read" in said, said
+    assert "unset METAFLOW_CONDA_PACKAGE_S3ROOT" in said
+    local = project.run("pypi_flow.py", "--datastore", "local", "--environment", "pypi", "run", check=False)
+    said = local.stdout + local.stderr
+    assert local.returncode != 0
+    assert "package cache the sandbox's credentials cannot read with the local datastore" in said, said
+    assert "run with --datastore=s3" in said
+    assert not project.live_sandboxes()
+    assert "Running in" not in outside.stdout + outside.stderr + said, "a sandbox was created"

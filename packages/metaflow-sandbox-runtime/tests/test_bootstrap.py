@@ -337,3 +337,82 @@ def test_uploads_go_at_once_and_a_failed_one_is_reported_as_infrastructure(tmp_p
     assert received == {"/out": b"out.log", "/err": b"err.log"}
     assert done.returncode == 202
     assert f"could not upload {tmp_path / 'lost.log'}".encode() in done.stderr
+
+
+def test_files_then_setup_then_the_step_under_the_interpreter_setup_made(tmp_path):
+    """The @conda/@pypi shape: files fetched, a setup command (argv[0] "python" is the plan's) makes an
+    interpreter under the workdir, the step runs under it; all output is one mflog stream, in order."""
+    import http.server
+    import threading
+
+    objects = {"/pkg-a": b"AAA", "/tool": b"#!/bin/sh\necho tool\n"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = objects.get(self.path.split("?")[0])
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    cache = tmp_path / "cache"
+    make_env = (
+        "import os, sys; assert open(os.environ['CACHE'] + '/a/pkg-a').read() == 'AAA';"
+        "os.makedirs('env/bin'); os.symlink(sys.executable, 'env/bin/python');"
+        "print('setup out', flush=True); print('setup err', file=sys.stderr)"
+    )
+    try:
+        proc = run_plan(
+            tmp_path,
+            "import sys; print('step', sys.flags.no_user_site, sys.executable.endswith('env/bin/python'))",
+            files=[
+                {"url": base + "/pkg-a?sig=1", "path": str(cache / "a" / "pkg-a")},
+                {
+                    "url": base + "/tool",
+                    "path": str(tmp_path / "w" / "tool" / "bin" / "tool"),
+                    "executable": True,
+                },
+            ],
+            setup=[
+                {"argv": ["python", "-c", make_env], "env": {"CACHE": str(cache)}, "what": "the environment"},
+                {"argv": [str(tmp_path / "w" / "tool" / "bin" / "tool")], "env": {}, "what": "the tool"},
+            ],
+            step_python=["env/bin/python", "-s"],
+        )
+        out, err = proc.communicate()
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, err
+    lines = [MFLOG.match(line).group(1) for line in out.splitlines()]
+    assert lines == [b"setup out", b"tool", b"step 1 True"]
+    assert [MFLOG.match(line).group(1) for line in err.splitlines()] == [b"setup err"]
+    ids = [re.search(rb"\|task\|([^\]]+)\]", line).group(1) for line in out.splitlines()]
+    assert len(set(ids)) == len(ids), "records of the setup and the step must not share an id"
+    assert (tmp_path / "out.log").read_bytes() == out
+
+
+def test_a_failed_setup_ends_the_task_before_the_step_and_a_missing_file_is_infrastructure(tmp_path):
+    proc = run_plan(
+        tmp_path,
+        "print('the step ran')",
+        setup=[
+            {"argv": ["python", "-c", "import sys; sys.exit(7)"], "env": {}, "what": "the conda environment"}
+        ],
+    )
+    out, err = proc.communicate()
+    assert proc.returncode == 7
+    assert b"the step ran" not in out
+    assert b"setting up the conda environment failed (exit 7)" in err
+    proc = run_plan(
+        tmp_path,
+        "print('the step ran')",
+        files=[{"url": "http://127.0.0.1:1/x", "path": str(tmp_path / "x"), "what": "a cached package"}],
+    )
+    out, err = proc.communicate()
+    assert proc.returncode == 202 and b"the step ran" not in out
+    assert b"could not fetch a cached package from http://127.0.0.1:1/x" in err

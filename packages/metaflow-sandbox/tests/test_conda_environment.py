@@ -1,13 +1,14 @@
 """@pypi/@conda with a sandbox decorator: the task keeps the sandbox launcher as its entrypoint whatever order
-the decorators' hooks run in, and remote backends refuse such steps before any sandbox exists (pure logic:
-Metaflow's resolver needs micromamba, which this machine cannot download)."""
+the decorators' hooks run in, and a package cache a remote sandbox cannot read is refused before any sandbox
+exists (pure logic: Metaflow's resolver needs micromamba, which this machine cannot download). The plans remote
+sandboxes receive are in test_remote_environment_plans.py."""
 
 from types import SimpleNamespace
 
 import pytest
 
 from metaflow_extensions.sandbox.plugins.sandbox.conda_environment import (
-    check_backend,
+    check_package_cache,
     keep_sandbox_entrypoint,
     uses_environment,
 )
@@ -66,7 +67,18 @@ def test_which_steps_use_a_metaflow_built_environment():
     assert uses_environment(SimpleNamespace(TYPE="local"), steps, "train") is False
 
 
-def test_remote_backends_refuse_pypi_steps_naming_the_fix():
-    check_backend("bubblewrap", runs_on_this_machine=True)
-    with pytest.raises(ConfigError, match=r"cannot run on the 'daytona' backend yet .*--environment=uv"):
-        check_backend("daytona", runs_on_this_machine=False)
+def test_a_package_cache_the_sandbox_cannot_read_is_refused_naming_the_fix():
+    check_package_cache("daytona", "s3", "s3://bucket/mf", "s3://bucket/mf/conda")
+    with pytest.raises(ConfigError) as local:
+        check_package_cache("daytona", "local", "/home/me/.metaflow", None)
+    assert "package cache the sandbox's credentials cannot read" in str(local.value)
+    assert str(local.value).endswith("run with --datastore=s3.") and "\n" not in str(local.value)
+    for outside in ("s3://other/conda", "s3://bucket/mf-conda", "s3://bucket/conda"):
+        with pytest.raises(ConfigError) as error:
+            check_package_cache("e2b", "s3", "s3://bucket/mf/", outside)
+        message = str(error.value)
+        assert f"cached at {outside}, a package cache the sandbox's credentials cannot read" in message
+        assert (
+            "unset METAFLOW_CONDA_PACKAGE_S3ROOT so Metaflow caches them under s3://bucket/mf/conda"
+            in message
+        )

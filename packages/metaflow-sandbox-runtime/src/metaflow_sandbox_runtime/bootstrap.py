@@ -9,11 +9,13 @@ the code package (which carries metaflow) is available. It
      presigned one, so no credential is needed to fetch it), extracted once,
   3. fetches libraries the step needs but the image lacks (e.g. the datastore client), when the plan offers them
      (a plan with `prepare_only` stops here: a sandbox made ready ahead of its task),
-  4. runs the step with the plan's argv, environment and working directory,
-  5. decorates every output line as an mflog record (`[MFLOG|0|<utc>Z|task|<id>]line`), writes it to
+  4. fetches the files the plan lists (e.g. an environment's package cache, through presigned URLs) and runs
+     its setup commands (e.g. Metaflow's @conda/@pypi bootstrap), their output treated like the step's,
+  5. runs the step with the plan's argv, environment and working directory,
+  6. decorates every output line as an mflog record (`[MFLOG|0|<utc>Z|task|<id>]line`), writes it to
      its own stdout/stderr at once (the launcher streams it) and appends it to the task's log files,
-  6. uploads files and directories the plan lists (logs, local metadata) to their (presigned) URLs,
-  7. exits with the step's exit code (128 + N when the step was killed by signal N).
+  7. uploads files and directories the plan lists (logs, local metadata) to their (presigned) URLs,
+  8. exits with the step's exit code (128 + N when the step was killed by signal N).
 """
 
 import json
@@ -296,16 +298,61 @@ def run(plan):
         if package.get("archive"):
             _extract_package(package["archive"], package["dir"])
         _provide_libraries(python, env, plan.get("libraries") or [])
+        if plan.get("prepare_only"):
+            return 0
+        if plan.get("files"):
+            _fetch_files(plan["files"])
     except FetchError as error:
         sys.stderr.write("[sandbox] %s\n" % error)
         return EXIT_UNREACHABLE
-    if plan.get("prepare_only"):
-        return 0
     source = plan.get("log_source", "task")
     logs = plan.get("log_paths") or {}
+    # One decorator per stream for the setup commands and the step: their records share one counter.
+    decorators = (
+        _LineDecorator(source, 1, _open_log(logs.get("stdout"))),
+        _LineDecorator(source, 2, _open_log(logs.get("stderr"))),
+    )
+    code = 0
+    for command in plan.get("setup") or []:
+        argv = list(command["argv"])
+        if argv and argv[0] == "python":
+            argv[0] = python
+        code = _run_streamed(argv, workdir, dict(env, **(command.get("env") or {})), decorators)
+        if code != 0:
+            sys.stderr.write(
+                "[sandbox] setting up %s failed (exit %d)\n" % (command.get("what", "the step"), code)
+            )
+            break
+    if code == 0:
+        step_python = list(plan.get("step_python") or [python])
+        if not os.path.isabs(step_python[0]) and os.sep in step_python[0]:
+            step_python[0] = os.path.join(workdir, step_python[0])
+        code = _run_streamed([*step_python, *plan["argv"]], workdir, env, decorators)
+    for item, problem in _upload_all(plan.get("uploads") or []):
+        sys.stderr.write("[sandbox] could not upload %s: %s\n" % (item["path"], problem))
+        code = code or EXIT_UNREACHABLE
+    return code
 
-    step = subprocess.Popen(
-        [python, *plan["argv"]],
+
+def _fetch_files(files):
+    """Fetch every file the plan lists, a few at once (each is a round trip of its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch(item):
+        _fetch(item["url"], item["path"], item.get("what", os.path.basename(item["path"])))
+        if item.get("executable"):
+            os.chmod(item["path"], 0o755)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in pool.map(fetch, files):  # re-raises the first FetchError
+            pass
+
+
+def _run_streamed(argv, workdir, env, decorators):
+    """Run `argv`, its output decorated as mflog records as it comes; return its exit code (128 + N when
+    killed by signal N). Termination signals sent to the bootstrap are forwarded to it."""
+    process = subprocess.Popen(
+        argv,
         cwd=workdir,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -315,23 +362,20 @@ def run(plan):
 
     def forward(signum, _frame):
         try:
-            step.send_signal(signum)
+            process.send_signal(signum)
         except ProcessLookupError:
             pass
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
 
-    assert step.stdout is not None and step.stderr is not None
-    decorators = {
-        step.stdout.fileno(): _LineDecorator(source, 1, _open_log(logs.get("stdout"))),
-        step.stderr.fileno(): _LineDecorator(source, 2, _open_log(logs.get("stderr"))),
-    }
+    assert process.stdout is not None and process.stderr is not None
+    by_fd = {process.stdout.fileno(): decorators[0], process.stderr.fileno(): decorators[1]}
     selector = selectors.DefaultSelector()
-    for fd in decorators:
+    for fd in by_fd:
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)
-    open_fds = set(decorators)
+    open_fds = set(by_fd)
     drain_until = None
     while open_fds:
         for key, _ in selector.select(timeout=0.2):
@@ -341,24 +385,23 @@ def run(plan):
             except BlockingIOError:
                 continue
             if chunk:
-                decorators[fd].feed(chunk)
+                by_fd[fd].feed(chunk)
             else:
                 selector.unregister(fd)
                 open_fds.discard(fd)
-        if drain_until is None and step.poll() is not None:
-            # The step is gone; a process it left behind may hold the pipes open. Take what is
+        if drain_until is None and process.poll() is not None:
+            # The process is gone; one it left behind may hold the pipes open. Take what is
             # there, then stop: the sandbox (and that process) is destroyed when we return.
             drain_until = time.monotonic() + DRAIN_SECONDS
         if drain_until is not None and time.monotonic() > drain_until:
             break
-    for decorator in decorators.values():
+    selector.close()
+    for decorator in decorators:
         decorator.close()
-    code = step.wait()
-    code = 128 - code if code < 0 else code
-    for item, problem in _upload_all(plan.get("uploads") or []):
-        sys.stderr.write("[sandbox] could not upload %s: %s\n" % (item["path"], problem))
-        code = code or EXIT_UNREACHABLE
-    return code
+    process.stdout.close()
+    process.stderr.close()
+    code = process.wait()
+    return 128 - code if code < 0 else code
 
 
 def _upload_all(items):

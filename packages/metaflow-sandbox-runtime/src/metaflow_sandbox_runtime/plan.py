@@ -38,6 +38,16 @@ class Plan:
     libraries: list[dict] = field(default_factory=list)
     #: Only make the package and libraries ready, run nothing: a sandbox prepared ahead of its task.
     prepare_only: bool = False
+    #: Fetched (in parallel) after the libraries: [{"url", "path" (absolute in the sandbox), "executable"}],
+    #: e.g. the presigned objects of an environment's package cache.
+    files: list[dict] = field(default_factory=list)
+    #: Run in order before the step, in `workdir`, with the step's environment plus each one's "env":
+    #: [{"argv", "env", "what"}]; argv[0] "python" is the plan's `python`. Their output is streamed and logged
+    #: like the step's; the first that fails ends the task with its exit code.
+    setup: list[dict] = field(default_factory=list)
+    #: The step's interpreter and its options when it is not `python` (e.g. the one a setup command made); a
+    #: relative path is relative to `workdir`.
+    step_python: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)

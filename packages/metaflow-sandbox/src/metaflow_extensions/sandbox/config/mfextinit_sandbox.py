@@ -15,6 +15,9 @@ SANDBOX_HOST_IDLE = from_conf("SANDBOX_HOST_IDLE", 600)
 # The interpreter a sandbox runs the step with (default: the launcher's own; for bubblewrap it may be any
 # Python environment on this machine, e.g. a clean venv without metaflow).
 SANDBOX_PYTHON = from_conf("SANDBOX_PYTHON")
+# A micromamba binary for remote sandboxes running @pypi/@conda steps (default: the launcher's own, when the
+# launcher is the sandbox's platform); it reaches the sandbox through the datastore, never the internet.
+SANDBOX_MICROMAMBA = from_conf("SANDBOX_MICROMAMBA")
 # How a sandbox gets S3 datastore credentials: "sts" (short-lived, scoped to the flow's prefix; default),
 # "forward" (the launcher's own keys; warned about), "none".
 SANDBOX_S3_CREDENTIALS = from_conf("SANDBOX_S3_CREDENTIALS", "sts")

@@ -116,6 +116,14 @@ class Channel:
             f"The {self.launch.datastore_type} datastore cannot hand archives to a remote sandbox."
         )
 
+    def presigned_reads(self, urls: list[str]) -> list[str]:
+        """Short-lived read links to exactly these datastore objects (e.g. an environment's package cache),
+        for a sandbox whose credentials do not cover them."""
+        raise ConfigError(
+            f"The {self.launch.datastore_type} datastore cannot hand objects to a remote sandbox; run with "
+            "--datastore=s3."
+        )
+
     def relay(self, exit_code: int) -> None:
         """Bring the task's results home (see `_apply`); `RelayRefusedError` when anything is out of bounds."""
         raise NotImplementedError
@@ -293,6 +301,21 @@ class S3Channel(Channel):
 
     def publish(self, archive: str) -> str:
         return self.s3.presigned_get(self._publish(archive), self.lifetime)
+
+    def presigned_reads(self, urls: list[str]) -> list[str]:
+        from .s3_access import S3Location
+
+        root = self.s3.root
+        reads = []
+        for url in urls:
+            location = S3Location.parse(url)
+            if location.bucket != root.bucket or not location.key.startswith(root.key.rstrip("/") + "/"):
+                raise ConfigError(
+                    f"{url} is outside the datastore root {root.url}: a package cache the sandbox's credentials "
+                    "cannot read; unset METAFLOW_CONDA_PACKAGE_S3ROOT so Metaflow caches under the root."
+                )
+            reads.append(self.s3.presigned_get(location, self.lifetime))
+        return reads
 
     def libraries(self, base: str | None = None) -> list[dict]:
         if self.client_url is None:

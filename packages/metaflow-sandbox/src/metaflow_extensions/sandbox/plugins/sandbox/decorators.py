@@ -204,6 +204,14 @@ class SandboxDecorator(StepDecorator):
                 "The %r backend cannot limit a sandbox's egress to the datastore: sandboxed steps of this run "
                 "get full network (set network='full' on them to make that explicit)." % name
             )
+        # A sandbox that shares this machine's userland runs the environment Metaflow built here; any other reads
+        # the package cache in the datastore. Checked before the generic datastore checks, to name the cache.
+        runs_here = backend.capabilities.can_mount and backend.capabilities.isolation < 30
+        if self.conda_step and not runs_here:
+            from .conda_environment import check_package_cache, package_root
+
+            cache_root = package_root(flow_datastore.TYPE) if flow_datastore.TYPE == "s3" else None
+            check_package_cache(name, flow_datastore.TYPE, flow_datastore.datastore_root, cache_root)
         if flow_datastore.TYPE == "local" and not backend.capabilities.can_mount:
             raise ConfigError(
                 "The %r backend cannot see this machine's files, so it cannot use the local datastore. "
@@ -234,10 +242,6 @@ class SandboxDecorator(StepDecorator):
         self.backend_can_mount = backend.capabilities.can_mount
         self.backend_vm = backend.capabilities.isolation >= 30  # Isolation.MICROVM: its own userland
         self.uv_target = self._uv_target(options) if getattr(self.environment, "TYPE", None) == "uv" else None
-        if self.conda_step:
-            from .conda_environment import check_backend
-
-            check_backend(name, self.backend_can_mount and not self.backend_vm)
         # Processes the runtime spawns inherit this and skip re-validating (and re-probing backends).
         os.environ[VALIDATED_ENV] = str(os.getpid())
 
@@ -382,12 +386,30 @@ class SandboxDecorator(StepDecorator):
             sys.executable if self.backend_can_mount and not getattr(self, "backend_vm", False) else "python3"
         )
         python = options.options.get("python") or _config("SANDBOX_PYTHON") or default_python
-        if getattr(self, "conda_step", False):  # the environment Metaflow built here, mounted read-only
-            python = self.environment.interpreter(self.step)
-            step_env["PYTHONNOUSERSITE"] = "1"
         cache_dir = _config("SANDBOX_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".cache", "metaflow-sandbox"
         )
+        conda = None
+        if getattr(self, "conda_step", False):
+            step_env["PYTHONNOUSERSITE"] = "1"
+            if self.backend_can_mount and not self.backend_vm:
+                python = self.environment.interpreter(self.step)  # built here, its prefix mounted read-only
+            else:  # built in the sandbox from the datastore's package cache, then run under its interpreter
+                from metaflow_sandbox_core import SandboxError
+
+                from .conda_environment import remote_environment
+
+                try:
+                    conda = remote_environment(
+                        self.environment,
+                        self.flow,
+                        self.step,
+                        self.target_platform,
+                        os.path.abspath(cache_dir),
+                        _config("SANDBOX_MICROMAMBA"),
+                    )
+                except SandboxError as error:
+                    raise SandboxException("Step *%s*: %s" % (self.step, error))
         s3 = self._s3_settings() if self.flow_datastore.TYPE == "s3" else {}
         step_env.update(s3.get("env", {}))
         return TaskLaunch(
@@ -440,6 +462,7 @@ class SandboxDecorator(StepDecorator):
             foreach_size=self._foreach_size(cli_args),
             max_workers=_max_workers(),
             uv=dataclasses.asdict(self.uv_target) if self.uv_target else None,
+            conda=conda,
         )
 
     def _foreach_size(self, cli_args):

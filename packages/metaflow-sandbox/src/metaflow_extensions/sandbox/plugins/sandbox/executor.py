@@ -34,6 +34,7 @@ from metaflow_sandbox_core.housekeeping import later
 from metaflow_sandbox_relay import RelayRefusedError, ServiceReplayError
 from metaflow_sandbox_runtime import Plan, bootstrap_source
 
+from .conda_environment import package_urls, plan_fields
 from .datastore_channels import SANDBOX_SUBDIR, Channel, channel_for
 from .env_denylist import denied_names, denylist
 from .step_command import StepCommand
@@ -105,6 +106,8 @@ class TaskExecutor:
         self.scratch = os.path.join(launch.cache_dir, "relay", unique)
         self._environment_dir: str | None = None  # --environment=uv, mounted read-only
         self._environment_url: str | None = None  # --environment=uv, fetched by a sandbox that cannot mount
+        self._conda_reads: list[str] = []  # @pypi/@conda remotely: presigned reads of the package cache
+        self._micromamba_url: str | None = None
         self._timings: list[tuple[str, float]] = []
         self._last = time.monotonic()
 
@@ -178,7 +181,12 @@ class TaskExecutor:
                 self.say("timings: " + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in self._timings))
 
     def _prepare_environment(self, backend: Backend, channel: Channel) -> None:
-        """The step's dependencies (`--environment=uv`), installed once per environment on this side."""
+        """The step's dependencies: `--environment=uv` installed once per environment on this side; @pypi/@conda
+        on a remote backend: read links to exactly the cached packages its environment needs, and micromamba."""
+        conda = self.launch.conda
+        if conda:
+            self._conda_reads = channel.presigned_reads(package_urls(conda))
+            self._micromamba_url = channel.publish(conda["micromamba"])
         if not self.launch.uv:
             return
         directory = environment_dir(UvTarget(**self.launch.uv), self.launch.cache_dir, self.say)
@@ -251,17 +259,22 @@ class TaskExecutor:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (env.get("PYTHONPATH"), self._environment_dir) if p
             )
+        workdir = f"{channel.base}/work"
+        conda: dict = {}
+        if launch.conda and self._micromamba_url:
+            conda = plan_fields(launch.conda, workdir, self._conda_reads, self._micromamba_url)
         return Plan(
             python=launch.python,
             argv=self.command.inner_argv(os.path.join(package_dir, launch.flow_file)),
             package_dir=package_dir,
             package_url=package.get("url"),
-            workdir=f"{channel.base}/work",
+            workdir=workdir,
             env=env,
             log_paths=channel.log_paths(),
             endpoints=channel.endpoints(),
             uploads=channel.uploads(),
             libraries=[*self._environment_libraries(channel.base), *channel.libraries()],
+            **conda,
         )
 
     def _warm_group(self, backend: Backend, spec: SandboxSpec) -> str | None:

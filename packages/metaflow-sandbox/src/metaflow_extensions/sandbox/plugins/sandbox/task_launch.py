@@ -63,6 +63,9 @@ class TaskLaunch:
     max_workers: int = 16
     #: `--environment=uv`: a `UvTarget` as a dict (project directory, Python version, platform), else None.
     uv: dict[str, str] | None = None
+    #: `@pypi`/`@conda` on a remote backend: what the sandbox builds the environment from
+    #: (`conda_environment.remote_environment`), else None.
+    conda: dict | None = None
 
     @property
     def labels(self) -> dict[str, str]:
