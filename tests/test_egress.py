@@ -52,9 +52,8 @@ def test_default_policy_reaches_the_datastore_and_no_loopback_service(project: P
     store_host = f"http://127.0.0.1:{service}/"  # a loopback service on the datastore's host (S3: 127.0.0.1)
     by_name = f"http://localhost:{service}/"
     beyond = f"http://127.0.0.2:{internet}/"
-    seen = run_egress(
-        project, None, [store_host, by_name, beyond]
-    )  # the run needs the datastore: it finished
+    # The run needs the datastore: that it finished shows the datastore was reached.
+    seen = run_egress(project, None, [store_host, by_name, beyond])
     assert seen["direct"] == dict.fromkeys([store_host, by_name, beyond], NO_ROUTE), seen
     filtered = project.datastore == "s3"  # filtered egress (the local datastore's default is no network)
     refused = [by_name, beyond] + ([store_host] if BY_PORT else [])
