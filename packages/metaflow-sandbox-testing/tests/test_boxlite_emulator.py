@@ -20,6 +20,7 @@ pytest.importorskip("aiohttp", reason='needs metaflow-sandbox-testing[boxlite] (
 boxlite = pytest.importorskip("boxlite", reason='needs the boxlite SDK (pip install ".[boxlite]")')
 
 from metaflow_sandbox_testing.boxlite_emulator import BoxliteEmulator  # noqa: E402
+from metaflow_sandbox_testing.local_web import REACH_PROBE, hello_servers  # noqa: E402
 
 PREFIX = "org-1/team"  # a multi-segment routing slot
 
@@ -183,3 +184,52 @@ def test_a_client_that_leaves_loses_no_output_and_can_reattach(emulator: Boxlite
     assert second == 409
     assert first[:1] == b"\x01" and first[1:] + rest == b"1\n2\n3\n4\n"
     assert exit_frame == {"type": "exit", "exit_code": 3}
+
+
+def test_egress_is_what_the_create_request_allows(emulator: BoxliteEmulator) -> None:
+    """Outbound `allow_net`: an empty network namespace whose one way out is a proxy allowing those hosts (any
+    port); `mode: disabled`: nothing; no rules: the host's network. The proxy ends with the box."""
+    options = boxlite.BoxliteRestOptions(
+        url=emulator.url, credential=boxlite.ApiKeyCredential(emulator.api_key), path_prefix=PREFIX
+    )
+    with hello_servers(2) as (api, other), hello_servers(1, host="127.0.0.2") as (elsewhere,):
+        by_name, by_ip, refused = (
+            f"http://localhost:{api}/",
+            f"http://127.0.0.1:{other}/",  # an address allows every port
+            f"http://127.0.0.2:{elsewhere}/",  # listening, and on no list
+        )
+
+        async def scenario() -> tuple[dict[str, list[str]], ...]:
+            runtime = boxlite.Boxlite.rest(options)
+            seen = []
+            for outbound in (
+                boxlite.OutboundNetworkSpec(mode="enabled", allow_net=["localhost", "127.0.0.1"]),
+                boxlite.OutboundNetworkSpec(mode="disabled"),
+                None,
+            ):
+                network = {} if outbound is None else {"network": boxlite.NetworkSpec(outbound=outbound)}
+                box = await runtime.create(boxlite.BoxOptions(**network))
+                execution = await box.exec(
+                    "/usr/bin/python3", ["-I", "-c", REACH_PROBE, by_name, by_ip, refused]
+                )
+                out = [item async for item in execution.stdout()]
+                assert (await execution.wait()).exit_code == 0
+                seen.append(json.loads("".join(out)))
+                (record,) = [b for b in emulator.live_boxes() if b["box_id"] == box.id]
+                await runtime.remove(box.id, force=True)
+                if record["egress"]["socket"]:
+                    assert not os.path.exists(record["egress"]["socket"]), "the proxy outlived its box"
+            return tuple(seen)
+
+        filtered, blocked, full = run(scenario())
+    no_route = "ConnectionRefusedError"  # an empty network namespace: nothing listens on its loopback
+    assert filtered == {
+        by_name: [f"ok hello from {api}", no_route],
+        by_ip: [f"ok hello from {other}", no_route],
+        refused: ["http 403", no_route],
+    }
+    assert all(fetched.startswith("failed") and direct == no_route for fetched, direct in blocked.values())
+    assert (
+        full[by_name] == [f"ok hello from {api}", "reached"]
+        and full[by_ip][1] == full[refused][1] == "reached"
+    )

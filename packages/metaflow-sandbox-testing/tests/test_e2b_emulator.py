@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ pytest.importorskip("aiohttp", reason="the emulator needs metaflow-sandbox-testi
 e2b = pytest.importorskip("e2b", reason="needs the e2b SDK (Python 3.11+)")
 
 from metaflow_sandbox_testing.e2b_emulator import E2BEmulator  # noqa: E402
+from metaflow_sandbox_testing.local_web import REACH_PROBE, hello_servers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +160,62 @@ def test_wrong_key_and_create_faults(emulator, monkeypatch):
 
     run(held())
     assert time.monotonic() - started < 10
+
+
+def test_egress_is_what_the_create_request_allows(emulator):
+    """`denyOut: [0.0.0.0/0]` with `allowOut`: an empty network namespace whose one way out is a proxy allowing
+    those hosts (any port); `allow_internet_access=False`: nothing; no policy: the host's network. The proxy
+    ends with the sandbox."""
+    with hello_servers(2) as (api, other), hello_servers(1, host="127.0.0.2") as (elsewhere,):
+        by_name, by_ip, refused = (
+            f"http://localhost:{api}/",
+            f"http://127.0.0.1:{other}/",  # an address allows every port
+            f"http://127.0.0.2:{elsewhere}/",  # listening, and on no list
+        )
+        probe = f"/usr/bin/python3 -I -c {shlex.quote(REACH_PROBE)} {by_name} {by_ip} {refused}"
+
+        async def scenario() -> tuple[dict[str, list[str]], ...]:
+            seen = []
+            for options in (
+                {"network": {"deny_out": ["0.0.0.0/0"], "allow_out": ["localhost", "127.0.0.1"]}},
+                {"allow_internet_access": False},
+                {},
+            ):
+                sandbox = await e2b.AsyncSandbox.create(timeout=60, **options)
+                result = await sandbox.commands.run(probe)
+                seen.append(json.loads(result.stdout))
+                (record,) = [s for s in emulator.live_sandboxes() if s["sandboxID"] == sandbox.sandbox_id]
+                await sandbox.kill()
+                if record["egress"]["socket"]:
+                    assert not os.path.exists(record["egress"]["socket"]), "the proxy outlived its sandbox"
+            return tuple(seen)
+
+        filtered, blocked, full = run(scenario())
+    no_route = "ConnectionRefusedError"  # an empty network namespace: nothing listens on its loopback
+    assert filtered == {
+        by_name: [f"ok hello from {api}", no_route],
+        by_ip: [f"ok hello from {other}", no_route],
+        refused: ["http 403", no_route],
+    }
+    assert all(fetched.startswith("failed") and direct == no_route for fetched, direct in blocked.values())
+    assert (
+        full[by_name] == [f"ok hello from {api}", "reached"]
+        and full[by_ip][1] == full[refused][1] == "reached"
+    )
+
+
+def test_a_network_request_the_emulator_cannot_enforce_is_refused(emulator):
+    """Never a wider network than asked: an allow-list entry it cannot parse, or a `denyOut` of some addresses
+    only (not modelled), is a 400 and no sandbox exists."""
+
+    async def scenario() -> None:
+        for network, why in (
+            ({"deny_out": ["0.0.0.0/0"], "allow_out": ["exa mple.com"]}, "400: network.allowOut: "),
+            ({"deny_out": ["10.0.0.0/8"]}, "400: the emulator models denyOut ['0.0.0.0/0'] only"),
+        ):
+            with pytest.raises(e2b.SandboxException) as refused:
+                await e2b.AsyncSandbox.create(timeout=60, network=network)
+            assert str(refused.value).startswith(why)
+
+    run(scenario())
+    assert emulator.live_sandboxes() == []

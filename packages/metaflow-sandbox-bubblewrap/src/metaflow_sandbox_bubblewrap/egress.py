@@ -1,5 +1,5 @@
-"""`SandboxEgress`: filtered egress of one sandbox (`NetworkPolicy.DATASTORE`): the proxy, its socket's bind
-and how each command is started behind the forwarder. Lives as long as the `BubblewrapSandbox` (in the
+"""`SandboxEgress`: filtered egress of one sandbox (`NetworkPolicy.DATASTORE`): core's proxy, its socket's bind
+and how each command is started behind core's forwarder. Lives as long as the `BubblewrapSandbox` (in the
 launcher: the task process or the warm sandbox host)."""
 
 from __future__ import annotations
@@ -9,9 +9,15 @@ import shutil
 import tempfile
 
 from metaflow_sandbox_core import ConfigError, NetworkPolicy, SandboxSpec
+from metaflow_sandbox_core.egress_forwarder import (
+    FORWARDER_PYTHON,
+    SOCKET_DIR,
+    SOCKET_NAME,
+    forwarder_argv,
+    proxy_env,
+)
+from metaflow_sandbox_core.egress_proxy import EgressProxy, EgressRules
 
-from .egress_forwarder import FORWARDER_PYTHON, SOCKET_DIR, SOCKET_NAME, forwarder_argv, proxy_env
-from .egress_proxy import EgressProxy, EgressRules
 from .layout import Bind, SandboxUser
 
 

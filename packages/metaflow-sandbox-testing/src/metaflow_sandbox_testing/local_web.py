@@ -1,5 +1,5 @@
-"""Plain HTTP servers on 127.0.0.1 that stand in for "an allowed API", "a loopback service" or "the internet"
-in egress tests (no traffic leaves the machine). Each answers every GET with `hello from <its port>`."""
+"""Plain HTTP servers on the loopback (127.0.0.1, or another 127.x address for a host nothing names) that stand
+in for "an allowed API", "a loopback service" or "the internet" in egress tests (no traffic leaves the machine). Each answers every GET with `hello from <its port>`."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ class _Hello(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def hello_servers(count: int = 2) -> Iterator[tuple[int, ...]]:
-    """`count` servers, each on a free port of 127.0.0.1; their ports; stopped on exit."""
-    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello) for _ in range(count)]
+def hello_servers(count: int = 2, host: str = "127.0.0.1") -> Iterator[tuple[int, ...]]:
+    """`count` servers, each on a free port of `host` (a loopback address); their ports; stopped on exit."""
+    servers = [http.server.ThreadingHTTPServer((host, 0), _Hello) for _ in range(count)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -34,3 +34,29 @@ def hello_servers(count: int = 2) -> Iterator[tuple[int, ...]]:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+#: Run inside a sandbox as `python3 -I -c REACH_PROBE URL...`: prints one JSON object, per URL what a fetch
+#: through the proxy variables gave (`ok <body>`, `http <code>`, `failed <error>`) and what a direct TCP
+#: connection ignoring them gave (`reached` or the error's name).
+REACH_PROBE = r"""
+import json, socket, sys, urllib.error, urllib.request
+from urllib.parse import urlsplit
+seen = {}
+for url in sys.argv[1:]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            fetched = "ok " + response.read().decode().strip()
+    except urllib.error.HTTPError as error:
+        fetched = "http %d" % error.code
+    except (OSError, ValueError) as error:
+        fetched = "failed " + type(error).__name__
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 80), timeout=5).close()
+        direct = "reached"
+    except OSError as error:
+        direct = type(error).__name__
+    seen[url] = [fetched, direct]
+print(json.dumps(seen))
+"""

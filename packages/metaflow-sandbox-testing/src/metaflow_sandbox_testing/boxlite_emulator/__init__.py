@@ -8,7 +8,8 @@ SDK in REST mode (`Boxlite.rest(...)`).
         ...
 
 Each box is a private host directory; its commands are local processes in a clean environment (the box's
-env, a PATH to the image's Python, HOME inside the box's directory). Modules: `faults` (fault knobs),
+env, a PATH to the image's Python, HOME inside the box's directory), in an empty network namespace behind a
+filtering proxy when outbound networking is disabled or limited to `allow_net`. Modules: `faults` (fault knobs),
 `boxes` (boxes, executions, tar transfers), `app` (the aiohttp server: routes, auth, errors, attach
 WebSocket, admin), `handle` (the child-process handle, standard library only), `fixtures` (pytest).
 The server needs `pip install "metaflow-sandbox-testing[boxlite]"` (aiohttp).

@@ -267,6 +267,7 @@ class Api:
                     {
                         **box.to_json(),
                         "request": box.request,
+                        "egress": box.network.to_json(),
                         "root": box.root,
                         "running_executions": sum(e.running for e in box.executions.values()),
                     }

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..daytona_emulator.image import Image
+from ..emulated_network import SandboxNetwork, allow_list
 
 STDOUT, STDERR = 1, 2
 #: Largest frame (one pipe read; one item of the SDK's output stream).
@@ -106,14 +107,17 @@ class Execution:
         }
 
     async def start(self, env: dict[str, str], cwd: str) -> None:
+        network = self.box.network
+        command = self.request["command"]
+        if network.isolated and shutil.which(command, path=env.get("PATH")) is None:
+            raise FileNotFoundError(f"{command}: command not found")  # as when run unwrapped
         self.process = await asyncio.create_subprocess_exec(
-            self.request["command"],
-            *self.request.get("args") or [],
+            *network.wrap([command, *(self.request.get("args") or [])]),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd,
-            env=env,
+            env={**env, **network.env()},
             start_new_session=True,
             preexec_fn=_die_with_emulator,
         )
@@ -177,8 +181,26 @@ class Execution:
         return self.process is not None and self.process.returncode is None
 
 
+def requested_network(request: dict[str, Any]) -> tuple[str, ...] | None:
+    """The egress the create request asks for: () for outbound `mode: disabled`, the `allow_net` entries, or
+    None (no rules: boxlite's default, full egress)."""
+    network = request.get("network") or {}
+    if not isinstance(network, dict) or network.get("mode", "enabled") not in ("enabled", "disabled"):
+        raise bad_request("network must be {'mode': 'enabled' | 'disabled', 'allow_net': [...]}")
+    if network.get("mode") == "disabled":
+        return ()
+    allow = network.get("allow_net") or []
+    if not isinstance(allow, list):
+        raise bad_request("network.allow_net must be a list")
+    try:
+        return allow_list(allow) or None
+    except ValueError as error:
+        raise bad_request(f"network.allow_net: {error}") from None
+
+
 class Box:
     def __init__(self, registry: Registry, request: dict[str, Any]):
+        allow = requested_network(request)
         self.registry = registry
         self.id = uuid.uuid4().hex[:12]
         self.request = request
@@ -190,6 +212,7 @@ class Box:
         os.makedirs(self.home)
         self.bin_dir = registry.image.install(os.path.join(self.root, "image")) if registry.image else None
         self.executions: dict[str, Execution] = {}
+        self.network = SandboxNetwork(allow)  # last: closed by `Registry.remove`
 
     def to_json(self) -> dict[str, Any]:
         request = self.request
@@ -313,6 +336,7 @@ class Registry:
 
     def remove(self, box: Box) -> None:
         box.kill_all()
+        box.network.close()
         self.boxes.pop(box.id, None)
         self.stats["boxes_removed"] += 1
         shutil.rmtree(box.root, ignore_errors=True)

@@ -6,7 +6,8 @@
         os.environ.update(daytona.env())   # DAYTONA_API_URL=http://127.0.0.1:<port>/api, DAYTONA_API_KEY
         ...
 
-Sandboxes are private host directories; commands are local processes in a clean environment. Modules:
+Sandboxes are private host directories; commands are local processes in a clean environment, in an empty
+network namespace behind a filtering proxy when the create request sets a network policy. Modules:
 `handle` (the child-process handle, stdlib only), `faults` (fault knobs), `app` (server), `api` (control
 plane), `toolbox` (sessions, commands, log WebSocket), `files` (bulk upload/download), `commands`
 (processes and logs), `sandboxes` (records and state), `admin` (`/_emulator/...`), `fixtures` (pytest).

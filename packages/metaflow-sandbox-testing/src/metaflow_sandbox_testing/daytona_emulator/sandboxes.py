@@ -3,7 +3,8 @@
 A sandbox is a private host directory `<root>/<id>/` whose `home/` is the sandbox's home and working
 directory (reported to the SDK as an absolute host path), whose `logs/` holds command logs and whose `python/`
 is its own environment over the image (see `image`). Commands run as local processes with only PATH, HOME,
-LANG, the sandbox's env and the command's own settings.
+LANG, the sandbox's env and the command's own settings, on the network the create request asks for
+(`emulated_network.SandboxNetwork`: `networkBlockAll`, `networkAllowList` and `domainAllowList` enforced).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from ..emulated_network import SandboxNetwork, allow_list
 from .commands import Command, Session
 from .envelope import SOURCE_DAEMON, SOURCE_PROXY, EmulatorError
 from .faults import Faults, find_marker
@@ -37,8 +39,26 @@ def _iso(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def requested_network(body: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The egress the create request asks for: () for `networkBlockAll`, the entries of `networkAllowList`
+    (CIDRs) and `domainAllowList` (names), or None (neither: Daytona's default, full egress)."""
+    if body.get("networkBlockAll"):
+        return ()
+    entries: list[str] = []
+    for key in ("networkAllowList", "domainAllowList"):
+        value = body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise EmulatorError(400, f"{key} must be a comma-separated string", code="BAD_REQUEST")
+        entries += [entry.strip() for entry in (value or "").split(",") if entry.strip()]
+    try:
+        return allow_list(entries) or None
+    except ValueError as error:
+        raise EmulatorError(400, str(error), code="BAD_REQUEST") from None
+
+
 class EmulatedSandbox:
     def __init__(self, registry: Registry, body: Mapping[str, Any], *, pending_reads: int, final_state: str):
+        allow = requested_network(body)
         self.registry = registry
         self.id = str(uuid.uuid4())
         self.name = str(body.get("name") or self.id)
@@ -83,6 +103,7 @@ class EmulatedSandbox:
         self._timers: list[asyncio.TimerHandle] = []
         #: The last bytes of each (command, stream), so a kill marker split across two reads is found.
         self._tails: dict[tuple[str, int], bytes] = {}
+        self.network = SandboxNetwork(allow)  # last: closed by `Registry.delete_now`
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -167,6 +188,7 @@ class EmulatedSandbox:
             "network_block_all": self.network_block_all,
             "network_allow_list": self.request.get("networkAllowList"),
             "domain_allow_list": self.request.get("domainAllowList"),
+            "egress": self.network.to_json(),
             "env": self.env,
             "auto_stop_interval": self.request.get("autoStopInterval"),
             "auto_delete_interval": self.request.get("autoDeleteInterval"),
@@ -211,7 +233,8 @@ class EmulatedSandbox:
         entry = session.new_command(command)
         workdir = self.resolve(cwd) if cwd else self.home
         entry.on_output = self._watch_output
-        await entry.start(["/bin/sh", "-c", command], self.environment(env), workdir)
+        argv = self.network.wrap(["/bin/sh", "-c", command])
+        await entry.start(argv, {**self.environment(env), **self.network.env()}, workdir)
         return entry
 
     def _watch_output(self, command: Command, stream: int, data: bytes) -> None:
@@ -347,6 +370,7 @@ class Registry:
             del self.names[sandbox.name]
         self.stats["sandboxes_deleted"] += 1
         running = sandbox.kill_everything()
+        sandbox.network.close()
         task = asyncio.ensure_future(self._remove(sandbox, running))
         self.cleanups.add(task)
         task.add_done_callback(self.cleanups.discard)

@@ -3,7 +3,8 @@
 A sandbox is a private host directory `<root>/<id>/`: `home/` and `tmp/` are what its commands see as
 `/home/user` and `/tmp` (each command runs under `bwrap`, which binds them there over an empty `/home` and the
 host's `/tmp`; the image's directories under the host's `/tmp` are bound back read-only; the rest of the host
-stays visible, as the emulator isolates nothing else), `python/` is its own environment over the image
+stays visible; with `allow_internet_access=False` or `denyOut` it also gets an empty network namespace, behind a
+filtering proxy for `allowOut`: `emulated_network.SandboxNetwork`), `python/` is its own environment over the image
 (`daytona_emulator.image`) and `logs/` holds command output. A command's environment is only what envd would give: PATH, HOME, USER,
 LANG, the sandbox's `envVars` and the command's own `envs`.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from ..daytona_emulator.commands import Command, Session
 from ..daytona_emulator.image import Image, login_profile
+from ..emulated_network import SandboxNetwork, allow_list
 from ..fault_knobs import find_marker
 from .faults import Faults
 
@@ -51,8 +53,33 @@ def iso(timestamp: float) -> str:
     )
 
 
+#: What `denyOut` holds to deny everything not in `allowOut` (as `allow_internet_access=False` does).
+ALL_TRAFFIC = "0.0.0.0/0"
+
+
+def requested_network(body: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The egress the create request asks for: `allowOut` when everything else is denied (`denyOut` holds
+    0.0.0.0/0, or `allow_internet_access` is false), or None (E2B's default, full egress). A `denyOut` of
+    some addresses only is refused (400): this emulator does not model it."""
+    network = body.get("network") or {}
+    if not isinstance(network, dict):
+        raise ApiError(400, "network must be an object")
+    deny, allow = network.get("denyOut") or [], network.get("allowOut") or []
+    if not isinstance(deny, list) or not isinstance(allow, list):
+        raise ApiError(400, "network.denyOut and network.allowOut must be lists")
+    if body.get("allow_internet_access") is False or ALL_TRAFFIC in deny:
+        try:
+            return allow_list(allow)
+        except ValueError as error:
+            raise ApiError(400, f"network.allowOut: {error}") from None
+    if deny:
+        raise ApiError(400, f"the emulator models denyOut [{ALL_TRAFFIC!r}] only, not {deny}")
+    return None
+
+
 class EmulatedSandbox:
     def __init__(self, registry: Registry, body: Mapping[str, Any]):
+        allow = requested_network(body)
         self.registry = registry
         self.id = secrets.token_hex(10)
         self.client_id = "emulator"
@@ -82,6 +109,7 @@ class EmulatedSandbox:
         self._expiry: asyncio.TimerHandle | None = None
         self.lifetime_frozen = False  # fault `freeze_lifetime_marker`: timeout updates are refused
         self.set_timeout(int(body.get("timeout") or DEFAULT_TIMEOUT))
+        self.network = SandboxNetwork(allow)  # last: closed by `stop`
 
     # -- lifetime -------------------------------------------------------------------------------------
 
@@ -117,13 +145,15 @@ class EmulatedSandbox:
             "home": self.home,
             "env_vars": self.env_vars,
             "request": self.request,
+            "egress": self.network.to_json(),
             "running_commands": len(self.session.running),
         }
 
     # -- processes ------------------------------------------------------------------------------------
 
     def environment(self, envs: Mapping[str, str]) -> dict[str, str]:
-        return {"PATH": SYSTEM_PATH, "HOME": HOME, "USER": USER, "LANG": "C.UTF-8", **self.env_vars, **envs}
+        base = {"PATH": SYSTEM_PATH, "HOME": HOME, "USER": USER, "LANG": "C.UTF-8"}
+        return {**base, **self.env_vars, **envs, **self.network.env()}
 
     def host_path(self, path: str) -> str:
         """Where a sandbox path lives on the host: `/home/user/...` (or a relative path) in the sandbox's home,
@@ -141,8 +171,10 @@ class EmulatedSandbox:
         raise ApiError(403, f"permission denied: {path} is outside {HOME} and /tmp")
 
     def _bwrap(self) -> list[str]:
-        """The sandbox's view: its own /home/user and /tmp; the image's directories under /tmp bound back."""
-        argv = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/home", "--bind", self.home, HOME]
+        """The sandbox's view: its own /home/user and /tmp; the image's directories under /tmp bound back; the
+        network its policy asks for (`SandboxNetwork`)."""
+        argv = ["bwrap", *self.network.namespaces(), "--dev-bind", "/", "/", "--tmpfs", "/home"]
+        argv += ["--bind", self.home, HOME]
         argv += ["--bind", self.tmp, "/tmp"]
         image = self.registry.image
         keep: list[str] = []
@@ -151,7 +183,7 @@ class EmulatedSandbox:
         for path in sorted({os.path.realpath(p) for p in keep}):
             if path == "/tmp" or path.startswith("/tmp/"):
                 argv += ["--ro-bind", path, path]
-        return argv
+        return argv + self.network.binds()
 
     async def start(self, cmd: str, args: list[str], envs: Mapping[str, str], cwd: str | None) -> Command:
         workdir = cwd or HOME
@@ -159,7 +191,7 @@ class EmulatedSandbox:
             raise ApiError(400, f"cwd {workdir!r}: no such directory")
         command = self.session.new_command(" ".join([cmd, *args]))
         command.on_output = self._watch_output
-        argv = [*self._bwrap(), "--chdir", workdir, "--", cmd, *args]
+        argv = [*self._bwrap(), "--chdir", workdir, "--", *self.network.command([cmd, *args])]
         await command.start(argv, self.environment(envs), self.home)
         assert command.process is not None
         self.processes[command.process.pid] = command
@@ -190,6 +222,7 @@ class EmulatedSandbox:
         if self._expiry is not None:
             self._expiry.cancel()
         self.session.kill()
+        self.network.close()
 
 
 class Registry:

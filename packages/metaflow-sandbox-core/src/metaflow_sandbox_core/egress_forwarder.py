@@ -1,8 +1,9 @@
 """The in-sandbox half of filtered egress: a forwarder from 127.0.0.1:`PROXY_PORT` to the proxy's unix socket.
 
 `FORWARDER_SOURCE` runs (as `python3 -I -S -c SOURCE socket_path -- argv...`) at the start of every command of a
-sandbox with `NetworkPolicy.DATASTORE`: it listens, detaches a server (re-parented to bwrap's init, so it dies
-with the sandbox's pid namespace and no command ever waits for it), then becomes the command. Standard library
+sandbox with filtered egress: it listens, detaches a server (re-parented to bwrap's init, so it dies with the
+command's pid namespace and no command ever waits for it), then becomes the command. The caller must give each
+such command a pid namespace of its own (bwrap `--unshare-pid`), or the server outlives it. Standard library
 only; it forwards bytes and decides nothing (`egress_proxy.EgressProxy` does).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 #: Where the forwarder listens inside the sandbox's own network namespace.
 PROXY_PORT = 3128
-#: The sandbox directory the proxy's socket directory is bound at (read-only).
+#: Where bubblewrap binds the proxy's socket directory inside its sandboxes (read-only).
 SOCKET_DIR = "/run/metaflow-sandbox-egress"
 SOCKET_NAME = "proxy.sock"
 #: The interpreter that runs the forwarder (the host's /usr is bound read-only into every sandbox).
@@ -76,6 +77,6 @@ def proxy_env() -> dict[str, str]:
     return env
 
 
-def forwarder_argv(argv: list[str]) -> list[str]:
-    """`argv` run behind the forwarder."""
-    return [FORWARDER_PYTHON, "-I", "-S", "-c", FORWARDER_SOURCE, f"{SOCKET_DIR}/{SOCKET_NAME}", "--", *argv]
+def forwarder_argv(argv: list[str], socket_path: str = f"{SOCKET_DIR}/{SOCKET_NAME}") -> list[str]:
+    """`argv` run behind the forwarder to the proxy at `socket_path` (a path as the sandbox sees it)."""
+    return [FORWARDER_PYTHON, "-I", "-S", "-c", FORWARDER_SOURCE, socket_path, "--", *argv]

@@ -1,8 +1,9 @@
-"""`EgressProxy`: the filtering HTTP proxy behind a sandbox with `NetworkPolicy.DATASTORE` (runs in the launcher).
+"""`EgressProxy`: the filtering HTTP proxy behind a sandbox whose egress is an allow-list (runs on the host).
 
-The sandbox has an empty network namespace (loopback only). Its one way out is a unix socket, bound into it,
+The sandbox has an empty network namespace (loopback only). Its one way out is a unix socket, reachable inside,
 on which this proxy listens; a forwarder inside (`egress_forwarder.py`) relays 127.0.0.1:3128 to that socket
-and the sandbox's `HTTP(S)_PROXY` point there. The proxy serves `CONNECT host:port` (TLS, any TCP) and
+and the sandbox's `HTTP(S)_PROXY` point there. Used by bubblewrap (`network="datastore"`) and by the test
+kit's provider emulators (the allow-list a provider was sent). The proxy serves `CONNECT host:port` (TLS, any TCP) and
 absolute-form plain HTTP requests (one per connection), and nothing else:
 
 - by name: the CONNECT target or the request URL's host must match an allow-list entry (`Destination`);
@@ -24,8 +25,7 @@ import threading
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from metaflow_sandbox_core import Destination, EgressKind, parse_destination
-from metaflow_sandbox_core.egress import IPAddress, ip_or_none
+from .egress import Destination, EgressKind, IPAddress, ip_or_none, parse_destination
 
 #: Longest request head (request line and headers) the proxy reads.
 MAX_HEAD = 64 * 1024
