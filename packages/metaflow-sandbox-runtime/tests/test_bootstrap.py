@@ -416,3 +416,64 @@ def test_a_failed_setup_ends_the_task_before_the_step_and_a_missing_file_is_infr
     out, err = proc.communicate()
     assert proc.returncode == 202 and b"the step ran" not in out
     assert b"could not fetch a cached package from http://127.0.0.1:1/x" in err
+
+
+def test_an_armed_bootstrap_prepares_says_so_then_runs_the_plan_it_is_given(tmp_path):
+    """prepare_only + then_plan: the package is extracted, PREPARED is the first line, nothing runs until the
+    plan and its `.ready` file exist, then that plan's step runs with its own environment."""
+    from metaflow_sandbox_runtime.plan import PREPARED
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mod.py").write_text("VALUE = 'from package'\n")
+    with tarfile.open(tmp_path / "pkg.tgz", "w:gz") as tar:
+        tar.add(src / "mod.py", arcname="mod.py")
+    later = tmp_path / "task.json"
+    proc = run_plan(
+        tmp_path,
+        "raise SystemExit('the prepare plan ran its argv')",
+        package_archive=str(tmp_path / "pkg.tgz"),
+        prepare_only=True,
+        then_plan=str(later),
+        then_wait=60,
+    )
+    assert proc.stdout.readline() == PREPARED + b"\n"
+    assert (tmp_path / "pkg" / "mod.py").exists()
+    task = Plan(
+        python=sys.executable,
+        argv=["-c", "import os, mod; print(mod.VALUE, os.environ['ONLY']); raise SystemExit(4)"],
+        package_dir=str(tmp_path / "pkg"),
+        workdir=str(tmp_path / "w"),
+        env={"ONLY": "the task's", "PYTHONPATH": str(tmp_path / "pkg")},
+    )
+    later.write_text(task.to_json())
+    time.sleep(0.3)  # the plan alone is not enough: the bootstrap waits for the .ready file written after it
+    assert proc.poll() is None
+    (tmp_path / "task.json.ready").write_bytes(b"")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 4, err
+    assert [MFLOG.match(line).group(1) for line in out.splitlines()] == [b"from package the task's"]
+
+
+def test_an_armed_bootstrap_left_waiting_exits_quietly_and_a_failed_preparation_never_says_prepared(tmp_path):
+    proc = run_plan(
+        tmp_path, "pass", prepare_only=True, then_plan=str(tmp_path / "never.json"), then_wait=0.2
+    )
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (0, b"metaflow-sandbox: prepared\n"), err
+    proc = run_plan(
+        tmp_path,
+        "pass",
+        package_url="http://127.0.0.1:9/missing.tgz",
+        prepare_only=True,
+        then_plan=str(tmp_path / "never.json"),
+        then_wait=60,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 202 and out == b"", (out, err)
+
+
+def test_the_prepared_marker_is_the_same_on_both_sides():
+    from metaflow_sandbox_runtime.plan import PREPARED
+
+    assert _bootstrap_module().PREPARED.encode() == PREPARED

@@ -26,7 +26,7 @@ from .registry import (
     pick_default_backend,
 )
 from .retry import RetryPolicy, call_with_retries, call_with_retries_async
-from .sandbox import KILLED, Command, Sandbox, check_argv, check_cwd, check_env
+from .sandbox import KILLED, Command, Sandbox, Started, check_argv, check_cwd, check_env
 from .spec import Mount, NetworkPolicy, SandboxSpec, env_problem
 from .state_dir import default_state_dir
 
@@ -58,6 +58,7 @@ __all__ = [
     "SandboxInfo",
     "SandboxSpec",
     "SandboxTimeoutError",
+    "Started",
     "UnavailableError",
     "available_backends",
     "backend_class",

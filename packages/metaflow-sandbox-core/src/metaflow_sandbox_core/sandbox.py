@@ -1,6 +1,7 @@
 """`Sandbox`: one live sandbox. What is the same for every backend is done here, once.
 
-The public methods (`run`, `upload`, `download`, `destroy`) are the contract the extension uses. They check
+The public methods (`run`, `start` + `Started.follow`, `upload`, `download`, `destroy`) are the contract the
+extension uses. They check
 their arguments, refuse work after `destroy`, bound commands by their timeout and the sandbox's lifetime,
 cut output into lines (1 MiB pieces at most) and deliver it in order on the caller's thread, and make
 `destroy` idempotent and safe from any thread. A backend implements the protected hooks:
@@ -158,20 +159,24 @@ class Sandbox(abc.ABC):
         128 + the signal number; one killed by `destroy` returns 137. An exception raised by `on_output` (or
         by a signal handler while `run` waits) kills the command and propagates.
         """
+        deadline = self._deadline(timeout)  # a command that could not finish in time is not started
+        return self.start(argv, env=env, cwd=cwd)._follow(deadline, on_output)
+
+    def start(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> Started:
+        """Start `argv` now and follow it later (`Started.follow`), e.g. a command that prepares and then
+        waits for its work. Its output waits for the follower (`Started.read_until` can consume a first
+        line). Checks and limits as for `run`; `Started.close` releases one never followed."""
         command_argv = check_argv(argv)
         command_env = check_env({**self.spec.env, **(env or {})})
         command_cwd = self.default_cwd if cwd is None else check_cwd(cwd)
-        deadline, limit = self._deadline(timeout)
+        self._deadline(None)
         with self._lock:
             self._ensure_alive("run a command")
             command = self._start(command_argv, command_env, command_cwd)
             self._commands.add(command)
-        try:
-            return self._follow(command, command_argv[0], deadline, limit, LineSplitter(on_output))
-        finally:
-            with self._lock:
-                self._commands.discard(command)
-            command.close()
+        return Started(self, command, command_argv[0])
 
     def destroy(self) -> None:
         """Kill everything running in the sandbox and release it. Idempotent; safe from any thread (a `run`
@@ -221,9 +226,10 @@ class Sandbox(abc.ABC):
         return deadline, limit
 
     def _follow(
-        self, command: Command, program: str, deadline: float | None, limit: str, lines: LineSplitter
+        self, command: Command, program: str, bound: tuple[float | None, str], lines: LineSplitter
     ) -> int:
         """Deliver `command`'s output until it ends, times out or the sandbox is destroyed."""
+        deadline, limit = bound
         settled = False  # False while an exception (from on_output, a signal handler) must kill the command
         try:
             while not self._destroyed:
@@ -292,3 +298,77 @@ def check_path(path: str) -> str:
     if not isinstance(path, str) or not path or "\0" in path:
         raise ConfigError(f"sandbox path {path!r} must be a non-empty string without NUL bytes.")
     return path
+
+
+#: The most output `Started.read_until` keeps from before its marker (for the error when it never comes).
+_READ_UNTIL_TAIL = 4096
+
+
+class Started:
+    """A command `Sandbox.start` started. Follow it once with `follow`; `read_until` may first consume its
+    opening output up to a marker line. `close` releases one that is never followed (after `destroy`)."""
+
+    def __init__(self, sandbox: Sandbox, command: Command, program: str) -> None:
+        self.sandbox = sandbox
+        self._command = command
+        self._program = program
+        self._pending: list[tuple[str, bytes]] = []  # output read past a marker, delivered first
+        self._closed = False
+
+    def read_until(self, marker: bytes, timeout: float) -> None:
+        """Consume stdout up to and including the line `marker` (output before it is dropped). Raises
+        `SandboxError` with the command's last output when it ends first, `SandboxTimeoutError` after
+        `timeout` seconds (the command is killed) or past the sandbox's lifetime."""
+        deadline, limit = self.sandbox._deadline(timeout)
+        line = b"\n" + marker.rstrip(b"\n") + b"\n"
+        stdout, tail = b"\n", b""  # stdout starts at a line's start
+        while not self.sandbox.destroyed:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self._command.kill()
+                raise SandboxTimeoutError(
+                    f"Command {self._program!r} did not say it was ready within {limit}."
+                )
+            event = self._command.next(TICK if deadline is None else min(TICK, deadline - now))
+            if isinstance(event, int):
+                shown = tail.decode("utf-8", "replace").strip()[-500:]
+                raise SandboxError(f"Command {self._program!r} exited {event} before it was ready: {shown}")
+            if event is None:
+                continue
+            stream, chunk = event
+            tail = (tail + chunk)[-_READ_UNTIL_TAIL:]
+            if stream != "stdout":
+                continue
+            stdout += chunk
+            found = stdout.find(line)
+            if found >= 0:
+                rest = stdout[found + len(line) :]
+                if rest:
+                    self._pending.append(("stdout", rest))
+                return
+            stdout = stdout[-len(line) :]  # enough to find a marker split across chunks
+        raise SandboxError(f"Sandbox {self.sandbox.id} was destroyed before {self._program!r} was ready.")
+
+    def follow(self, *, timeout: float | None = None, on_output: OutputCallback | None = None) -> int:
+        """As `Sandbox.run` from here on: deliver its output (in lines) until it ends; its exit code.
+        `timeout` counts from now."""
+        return self._follow(self.sandbox._deadline(timeout), on_output)
+
+    def _follow(self, bound: tuple[float | None, str], on_output: OutputCallback | None) -> int:
+        lines = LineSplitter(on_output)
+        try:
+            for stream, chunk in self._pending:
+                lines.feed(stream, chunk)
+            self._pending = []
+            return self.sandbox._follow(self._command, self._program, bound, lines)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release what the command holds here (idempotent); it goes on running until `destroy`."""
+        if self._closed:
+            return
+        self._closed = True
+        with self.sandbox._lock:
+            self.sandbox._commands.discard(self._command)
+        self._command.close()

@@ -8,7 +8,8 @@ the code package (which carries metaflow) is available. It
   2. makes the code package available (an extracted directory, an archive, or a URL — e.g. a short-lived
      presigned one, so no credential is needed to fetch it), extracted once,
   3. fetches libraries the step needs but the image lacks (e.g. the datastore client), when the plan offers them
-     (a plan with `prepare_only` stops here: a sandbox made ready ahead of its task),
+     (a plan with `prepare_only` stops here: a sandbox made ready ahead of its task; with `then_plan` too, it
+     prints `PREPARED`, waits for that plan's `.ready` file and goes on with that plan: the sandbox is armed),
   4. fetches the files the plan lists (e.g. an environment's package cache, through presigned URLs) and runs
      its setup commands (e.g. Metaflow's @conda/@pypi bootstrap), their output treated like the step's,
   5. runs the step with the plan's argv, environment and working directory,
@@ -34,6 +35,10 @@ READ_SIZE = 1 << 16
 EXTRACTED_MARKER = ".metaflow-sandbox-extracted"
 EXIT_UNREACHABLE = 202  # an infrastructure failure: Metaflow does not retry it
 DRAIN_SECONDS = 0.5  # how long to keep reading after the step exited while its pipes stay open
+#: The line an armed bootstrap prints once prepared (plan.PREPARED); nothing it runs has printed before it.
+PREPARED = "metaflow-sandbox: prepared"
+#: How often an armed bootstrap looks for its plan: often while a task is likely to come soon, then less.
+PLAN_POLL = ((10.0, 0.005), (60.0, 0.025), (None, 0.1))
 #: From the sandbox's (backend-made) environment; the proxy settings are how a sandbox with filtered egress
 #: reaches anything (bubblewrap's egress proxy).
 INHERITED = (
@@ -97,6 +102,9 @@ def _extract_with_tarfile(archive, dest):
             tar.extractall(dest)
 
 
+_REACHED = []  # type: list[dict]  # endpoints already reached (an armed bootstrap's second plan skips them)
+
+
 def _check_endpoints(endpoints):
     """Return an error message naming the first endpoint that cannot be reached, or None. With an HTTPS
     proxy in the environment (a sandbox whose egress is filtered), the check asks the proxy for a tunnel."""
@@ -104,6 +112,8 @@ def _check_endpoints(endpoints):
 
     proxy = os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY")
     for endpoint in endpoints:
+        if endpoint in _REACHED:
+            continue
         host, port = endpoint["host"], int(endpoint["port"])
         try:
             if proxy:
@@ -115,6 +125,7 @@ def _check_endpoints(endpoints):
                 "the sandbox cannot reach %s at %s:%s (%s); check the endpoint and the step's network= setting"
                 % (endpoint.get("what", "an endpoint"), host, port, error)
             )
+        _REACHED.append(endpoint)
     return None
 
 
@@ -436,17 +447,48 @@ def _not_dumpable():
         pass
 
 
+def _load(path):
+    with open(path, "rb") as f:
+        plan = json.load(f)
+    if plan.get("version") != 1:
+        raise ValueError("unsupported plan version %r" % plan.get("version"))
+    return plan
+
+
+def _await_plan(path, wait):
+    """The plan at `path` once the launcher wrote `path`.ready (after the plan itself), or None after `wait`
+    seconds."""
+    started = time.monotonic()
+    ready = path + ".ready"
+    while not os.path.exists(ready):
+        waited = time.monotonic() - started
+        if waited > wait:
+            return None
+        time.sleep(next(pause for until, pause in PLAN_POLL if until is None or waited < until))
+    return _load(path)
+
+
 def main(argv):
     _not_dumpable()
     if len(argv) != 2:
         sys.stderr.write("usage: bootstrap.py PLAN.json\n")
         return 2
-    with open(argv[1], "rb") as f:
-        plan = json.load(f)
-    if plan.get("version") != 1:
-        sys.stderr.write("bootstrap.py: unsupported plan version %r\n" % plan.get("version"))
+    try:
+        plan = _load(argv[1])
+    except ValueError as error:  # JSON errors included
+        sys.stderr.write("bootstrap.py: %s\n" % error)
         return 2
-    return run(plan)
+    code = run(plan)
+    if code != 0 or not plan.get("then_plan"):
+        return code
+    sys.stdout.write(PREPARED + "\n")
+    sys.stdout.flush()
+    try:
+        plan = _await_plan(plan["then_plan"], float(plan.get("then_wait") or 600))
+    except ValueError as error:
+        sys.stderr.write("bootstrap.py: %s\n" % error)
+        return 2
+    return 0 if plan is None else run(plan)
 
 
 if __name__ == "__main__":

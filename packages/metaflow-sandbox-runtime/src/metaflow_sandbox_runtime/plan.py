@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 
 PLAN_VERSION = 1
+#: The line an armed bootstrap prints once prepared (`then_plan`); the same text as bootstrap.PREPARED.
+PREPARED = b"metaflow-sandbox: prepared"
 
 
 @dataclass
@@ -38,6 +40,10 @@ class Plan:
     libraries: list[dict] = field(default_factory=list)
     #: Only make the package and libraries ready, run nothing: a sandbox prepared ahead of its task.
     prepare_only: bool = False
+    #: With `prepare_only`: then print `PREPARED`, wait up to `then_wait` seconds for the launcher to write
+    #: this path and `<path>.ready` (after it), and run that plan — a sandbox armed ahead of its task.
+    then_plan: str | None = None
+    then_wait: float = 0.0
     #: Fetched (in parallel) after the libraries: [{"url", "path" (absolute in the sandbox), "executable"}],
     #: e.g. the presigned objects of an environment's package cache.
     files: list[dict] = field(default_factory=list)

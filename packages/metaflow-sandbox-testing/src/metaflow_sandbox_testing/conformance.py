@@ -167,6 +167,29 @@ class BackendConformance:
         first_arrived = run.chunks[0][2]
         assert returned - first_arrived > 1.0, "the first line was only delivered when the command ended"
 
+    def test_started_command_is_followed_after_its_marker(self, sandbox: Sandbox) -> None:
+        """`start` then `read_until`: what came before the marker is consumed; what the command prints once
+        it is given its work (a file uploaded after the marker) reaches `follow`, in order, with its code."""
+        work = f"{sandbox.workdir.rstrip('/')}/conformance-work"
+        started = sandbox.start(
+            sh(
+                "echo preparing; echo ready; "
+                f"while [ ! -f {work} ]; do sleep 0.05; done; cat {work}; echo done >&2; exit 5"
+            )
+        )
+        started.read_until(b"ready", timeout=COMMAND_TIMEOUT)
+        sandbox.upload(b"line one\nline two\n", work)
+        chunks: list[tuple[str, bytes]] = []
+        assert started.follow(timeout=COMMAND_TIMEOUT, on_output=lambda s, b: chunks.append((s, b))) == 5
+        assert [b for s, b in chunks if s == "stdout"] == [b"line one\n", b"line two\n"]
+        assert [b for s, b in chunks if s == "stderr"] == [b"done\n"]
+
+    def test_started_command_that_ends_before_its_marker_says_why(self, sandbox: Sandbox) -> None:
+        started = sandbox.start(sh("echo could not fetch the package >&2; exit 3"))
+        with pytest.raises(SandboxError, match="exited 3 before it was ready: could not fetch the package"):
+            started.read_until(b"ready", timeout=COMMAND_TIMEOUT)
+        started.close()
+
     def test_newline_free_output_arrives_in_pieces_of_at_most_1_mib(self, sandbox: Sandbox) -> None:
         size = 2 * MAX_LINE_BYTES + 100
         pieces: list[int] = []

@@ -26,6 +26,7 @@ from metaflow_sandbox_core import (
     SandboxError,
     SandboxSpec,
     SandboxTimeoutError,
+    Started,
     call_with_retries,
     load_backend,
     neutralize_controls,
@@ -33,6 +34,7 @@ from metaflow_sandbox_core import (
 from metaflow_sandbox_core.housekeeping import later
 from metaflow_sandbox_relay import RelayRefusedError, ServiceReplayError
 from metaflow_sandbox_runtime import Plan, bootstrap_source
+from metaflow_sandbox_runtime.plan import PREPARED
 
 from .conda_environment import package_urls, plan_fields
 from .datastore_channels import SANDBOX_SUBDIR, Channel, channel_for
@@ -40,7 +42,7 @@ from .env_denylist import denied_names, denylist
 from .step_command import StepCommand
 from .task_launch import TaskLaunch
 from .uv_environment import UvTarget, environment_archive, environment_dir
-from .warm_pool import MAX_WAIT_SECONDS, WarmPool
+from .warm_pool import MAX_WAIT_SECONDS, WarmPool, WarmSandbox
 
 EXIT_INFRASTRUCTURE = 202  # metaflow.exception.METAFLOW_EXIT_DISALLOW_RETRY
 EXIT_TIMEOUT = 124
@@ -292,8 +294,9 @@ class TaskExecutor:
         launch = self.launch
         return json.dumps([launch.flow, launch.run_id, launch.step, launch.parents]) + "|"
 
-    def _prepare_ahead(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> Sandbox:
-        """A sandbox for a later task of this group: created, with the code package and libraries ready.
+    def _prepare_ahead(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> WarmSandbox:
+        """A sandbox for a later task of this group: created, its bootstrap started with the code package and
+        libraries ready, and waiting for that task's plan (armed).
 
         Its labels name the step, not a task; its lifetime adds the time it may wait for its task."""
         labels = {k: v for k, v in spec.labels.items() if k not in ("metaflow.task", "metaflow.attempt")}
@@ -301,6 +304,7 @@ class TaskExecutor:
         sandbox = call_with_retries(
             lambda: backend.create(dataclasses.replace(spec, labels=labels, timeout=timeout))
         )
+        started: Started | None = None
         try:
             base = _channel_dir(sandbox)
             package, _ = channel.package(base)
@@ -313,34 +317,33 @@ class TaskExecutor:
                 endpoints=channel.endpoints(),
                 libraries=[*self._environment_libraries(base), *channel.libraries(base)],
                 prepare_only=True,
+                then_plan=f"{base}/{PLAN_FILE}",
+                then_wait=MAX_WAIT_SECONDS,
             )
             bootstrap, plan_file = f"{base}/bootstrap.py", f"{base}/prepare.json"
             sandbox.upload(bootstrap_source(), bootstrap)
             sandbox.upload(plan.to_json().encode(), plan_file)
-            said: list[bytes] = []
-            code = sandbox.run(
-                plan.command(bootstrap, plan_file), timeout=600, on_output=lambda _, line: said.append(line)
-            )
-            if code != 0:
-                raise SandboxError(
-                    f"its preparation exited {code}: {neutralize_controls(b''.join(said[-5:])).decode(errors='replace').strip()}"
-                )
-            return sandbox
+            started = sandbox.start(plan.command(bootstrap, plan_file))
+            started.read_until(PREPARED, timeout=600)
+            return WarmSandbox(sandbox, started)
         except BaseException:
             sandbox.destroy()
+            if started is not None:
+                started.close()
             raise
 
     def _run_in_sandbox(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> int:
         started = time.monotonic()
         sandbox: Sandbox | None = None
+        waiting: Started | None = None  # a sandbox prepared ahead: its bootstrap waits for this task's plan
         returned = False  # the step's command returned (rather than timing out or failing)
         try:
             launch, pool = self.launch, self.warm_pool
             self._group = self._warm_group(backend, spec)
             if self._group is not None and pool is not None:
-                sandbox = pool.arrive(
-                    self._group, launch.foreach_size, launch.max_workers, launch.attempt == 0
-                )
+                armed = pool.arrive(self._group, launch.foreach_size, launch.max_workers, launch.attempt == 0)
+                if armed is not None:
+                    sandbox, waiting = armed.sandbox, armed.started
             warm = sandbox is not None
             if sandbox is None:
                 sandbox = call_with_retries(
@@ -361,16 +364,23 @@ class TaskExecutor:
                 group = self._group
                 pool.fill(group, lambda: self._prepare_ahead(backend, spec, channel))
             plan = self._plan(channel)
-            bootstrap, plan_file = f"{channel.base}/bootstrap.py", f"{channel.base}/plan.json"
+            bootstrap, plan_file = f"{channel.base}/bootstrap.py", f"{channel.base}/{PLAN_FILE}"
             if not warm:
                 sandbox.upload(bootstrap_source(), bootstrap)
             sandbox.upload(plan.to_json().encode(), plan_file)
+            if waiting is not None:  # written after the plan: the bootstrap takes the plan now
+                sandbox.upload(b"", f"{plan_file}.ready")
             self._mark("upload")
-            code = sandbox.run(
-                plan.command(bootstrap, plan_file),
-                timeout=spec.timeout,
-                on_output=lambda stream, line: self.output(stream, neutralize_controls(line)),
-            )
+
+            def on_output(stream: str, line: bytes) -> None:
+                self.output(stream, neutralize_controls(line))
+
+            if waiting is not None:
+                code = waiting.follow(timeout=spec.timeout, on_output=on_output)
+            else:
+                code = sandbox.run(
+                    plan.command(bootstrap, plan_file), timeout=spec.timeout, on_output=on_output
+                )
             self._mark("run")
             returned = True
             if code > 128 and sandbox.memory_exceeded():  # killed by a signal: by the memory limit?
@@ -388,6 +398,8 @@ class TaskExecutor:
             self.say(f"Sandbox infrastructure failure: {error}")
             return EXIT_INFRASTRUCTURE
         finally:
+            if waiting is not None:
+                waiting.close()
             if sandbox is not None:
                 if returned and backend.capabilities.processes_end_with_command:
                     later(sandbox.destroy)  # nothing in it runs any more: its remains go after the result
@@ -401,6 +413,10 @@ def _tidy(channel: Channel | None, *directories: str) -> None:
         channel.cleanup()
     for directory in directories:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+#: The task's plan, next to the bootstrap (an armed bootstrap waits for it and then `PLAN_FILE.ready`).
+PLAN_FILE = "plan.json"
 
 
 def _channel_dir(sandbox: Sandbox) -> str:

@@ -2,9 +2,9 @@
 
 A task of a foreach tells the host how many splits the foreach has and the run's --max-workers. The host
 counts the splits that have arrived and keeps up to min(still to come, max-workers) sandboxes ready for that
-group: created from the spec the group's tasks share, with the bootstrap's `prepare_only` run done (code
-package and libraries fetched and extracted). An arriving task takes one; none serves more than one task
-attempt, and none has run user code before its task. A group's sandboxes are destroyed when one of its tasks
+group: created from the spec the group's tasks share, its bootstrap started and prepared (code package and
+libraries fetched and extracted), then waiting for its task's plan (armed). An arriving task takes one; none
+serves more than one task attempt, and none has run user code before its task. A group's sandboxes are destroyed when one of its tasks
 fails or is interrupted (the run may stop there), after `IDLE_SECONDS` without an arrival, when older than
 `MAX_WAIT_SECONDS`, and when the host exits.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from metaflow_sandbox_core import Sandbox
+from metaflow_sandbox_core import Sandbox, Started
 
 #: A group with no arrival for this long is given up (its run ended early or moved on).
 IDLE_SECONDS = 30.0
@@ -26,11 +26,24 @@ MAX_WAIT_SECONDS = 600.0
 
 
 @dataclass
+class WarmSandbox:
+    """A sandbox made ahead, and its bootstrap if one waits in it for the task's plan (`Started`)."""
+
+    sandbox: Sandbox
+    started: Started | None = None
+
+    def destroy(self) -> None:
+        self.sandbox.destroy()
+        if self.started is not None:
+            self.started.close()
+
+
+@dataclass
 class _Group:
     size: int
     max_workers: int
     arrived: int = 0
-    ready: list[tuple[float, Future[Sandbox]]] = field(default_factory=list)
+    ready: list[tuple[float, Future[WarmSandbox]]] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
     stopped: bool = False  # a task of the group failed or was interrupted: make no more ahead
 
@@ -43,7 +56,7 @@ class WarmPool:
         self._groups: dict[str, _Group] = {}
         self._lock = threading.Lock()
 
-    def arrive(self, key: str, size: int, max_workers: int, first_attempt: bool) -> Sandbox | None:
+    def arrive(self, key: str, size: int, max_workers: int, first_attempt: bool) -> WarmSandbox | None:
         """A task of the group arrived: count it and hand it a warm sandbox if one is (being) made."""
         now = time.monotonic()
         with self._lock:
@@ -55,30 +68,30 @@ class WarmPool:
             return None
         created, future = entry
         try:
-            sandbox = future.result()
+            warm = future.result()
         except Exception:  # its maker logged why; the task creates its own
             return None
         if time.monotonic() - created > MAX_WAIT_SECONDS:
-            sandbox.destroy()
+            warm.destroy()
             return None
-        return sandbox
+        return warm
 
-    def fill(self, key: str, make: Callable[[], Sandbox]) -> None:
+    def fill(self, key: str, make: Callable[[], WarmSandbox]) -> None:
         """Start making sandboxes until the group has one for each split still to come (up to max-workers)."""
         with self._lock:
             group = self._groups.get(key)
             if group is None or group.stopped:
                 return
             wanted = min(group.size - group.arrived, group.max_workers) - len(group.ready)
-            futures: list[Future[Sandbox]] = []
+            futures: list[Future[WarmSandbox]] = []
             for _ in range(max(0, wanted)):
-                future: Future[Sandbox] = Future()
+                future: Future[WarmSandbox] = Future()
                 group.ready.append((time.monotonic(), future))
                 futures.append(future)
         for future in futures:
             threading.Thread(target=self._make, args=(make, future), name="warm", daemon=True).start()
 
-    def _make(self, make: Callable[[], Sandbox], future: Future[Sandbox]) -> None:
+    def _make(self, make: Callable[[], WarmSandbox], future: Future[WarmSandbox]) -> None:
         try:
             future.set_result(make())
         except BaseException as error:
@@ -88,7 +101,7 @@ class WarmPool:
     def drop(self, prefix: str) -> None:
         """Destroy the warm sandboxes of the groups whose key starts with `prefix` and make no more for them
         (one of their tasks failed or was interrupted: the run may stop there)."""
-        entries: list[tuple[float, Future[Sandbox]]] = []
+        entries: list[tuple[float, Future[WarmSandbox]]] = []
         with self._lock:
             for key, group in self._groups.items():
                 if key.startswith(prefix):
@@ -100,7 +113,7 @@ class WarmPool:
     def expire(self) -> None:
         """Destroy groups idle for `IDLE_SECONDS` and warm sandboxes past `MAX_WAIT_SECONDS`."""
         now = time.monotonic()
-        stale: list[tuple[float, Future[Sandbox]]] = []
+        stale: list[tuple[float, Future[WarmSandbox]]] = []
         with self._lock:
             for key, group in list(self._groups.items()):
                 if now - group.last_seen > IDLE_SECONDS:
@@ -128,10 +141,10 @@ class WarmPool:
             return sum(len(group.ready) for group in self._groups.values())
 
 
-def _destroy_all(entries: list[tuple[float, Future[Sandbox]]]) -> None:
+def _destroy_all(entries: list[tuple[float, Future[WarmSandbox]]]) -> None:
     """Destroy each sandbox once it is made (a maker still running is waited for on a thread)."""
 
-    def destroy(future: Future[Sandbox]) -> None:
+    def destroy(future: Future[WarmSandbox]) -> None:
         try:
             future.result().destroy()
         except Exception:
