@@ -12,9 +12,10 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from . import host_protocol as wire
+
+TYPE_CHECKING = False  # not `typing`: every task pays this module's imports
 
 if TYPE_CHECKING:
     import subprocess
