@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from .conftest import BACKEND, Project
+from .conftest import BACKEND, FLOWS, Project
 
 pytestmark = pytest.mark.integration
 
@@ -133,11 +133,12 @@ def test_daytona_with_pypi_or_conda_builds_the_environment_offline_in_the_sandbo
         pytest.skip("a @daytona flow: it runs in the daytona rows")
     project.env.update({name: os.environ[name] for name in INDEX_SETTINGS if name in os.environ})
     flow = f"daytona_{decorator}_flow.py"
-    name = f"Daytona{decorator.capitalize()}Flow"
+    source = (FLOWS / "pypi_flow.py").read_text().replace("    @sandbox\n", "    @daytona\n")
+    (project.root / flow).write_text(source.replace("    @pypi(", f"    @{decorator}("))
     result = project.run(flow, "--environment", decorator, "run", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     data = project.query(
-        f"d = Flow('{name}').latest_run['inside'].task.data\n"
+        "d = Flow('PypiFlow').latest_run['inside'].task.data\n"
         "result = dict(words=d.words, inside=d.in_sandbox, python=d.python, module=d.module)"
     )
     assert data["words"] == "1,000" and data["inside"] is True, data  # asserted from inside the sandbox
