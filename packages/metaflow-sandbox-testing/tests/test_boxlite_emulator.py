@@ -20,7 +20,7 @@ pytest.importorskip("aiohttp", reason='needs metaflow-sandbox-testing[boxlite] (
 boxlite = pytest.importorskip("boxlite", reason='needs the boxlite SDK (pip install ".[boxlite]")')
 
 from metaflow_sandbox_testing.boxlite_emulator import BoxliteEmulator  # noqa: E402
-from metaflow_sandbox_testing.local_web import REACH_PROBE, hello_servers  # noqa: E402
+from metaflow_sandbox_testing.local_web import REACH_PROBE, EgressTargets  # noqa: E402
 
 PREFIX = "org-1/team"  # a multi-segment routing slot
 
@@ -192,12 +192,7 @@ def test_egress_is_what_the_create_request_allows(emulator: BoxliteEmulator) -> 
     options = boxlite.BoxliteRestOptions(
         url=emulator.url, credential=boxlite.ApiKeyCredential(emulator.api_key), path_prefix=PREFIX
     )
-    with hello_servers(2) as (api, other), hello_servers(1, host="127.0.0.2") as (elsewhere,):
-        by_name, by_ip, refused = (
-            f"http://localhost:{api}/",
-            f"http://127.0.0.1:{other}/",  # an address allows every port
-            f"http://127.0.0.2:{elsewhere}/",  # listening, and on no list
-        )
+    with EgressTargets() as targets:
 
         async def scenario() -> tuple[dict[str, list[str]], ...]:
             runtime = boxlite.Boxlite.rest(options)
@@ -209,9 +204,7 @@ def test_egress_is_what_the_create_request_allows(emulator: BoxliteEmulator) -> 
             ):
                 network = {} if outbound is None else {"network": boxlite.NetworkSpec(outbound=outbound)}
                 box = await runtime.create(boxlite.BoxOptions(**network))
-                execution = await box.exec(
-                    "/usr/bin/python3", ["-I", "-c", REACH_PROBE, by_name, by_ip, refused]
-                )
+                execution = await box.exec("/usr/bin/python3", ["-I", "-c", REACH_PROBE, *targets.urls])
                 out = [item async for item in execution.stdout()]
                 assert (await execution.wait()).exit_code == 0
                 seen.append(json.loads("".join(out)))
@@ -221,15 +214,4 @@ def test_egress_is_what_the_create_request_allows(emulator: BoxliteEmulator) -> 
                     assert not os.path.exists(record["egress"]["socket"]), "the proxy outlived its box"
             return tuple(seen)
 
-        filtered, blocked, full = run(scenario())
-    no_route = "ConnectionRefusedError"  # an empty network namespace: nothing listens on its loopback
-    assert filtered == {
-        by_name: [f"ok hello from {api}", no_route],
-        by_ip: [f"ok hello from {other}", no_route],
-        refused: ["http 403", no_route],
-    }
-    assert all(fetched.startswith("failed") and direct == no_route for fetched, direct in blocked.values())
-    assert (
-        full[by_name] == [f"ok hello from {api}", "reached"]
-        and full[by_ip][1] == full[refused][1] == "reached"
-    )
+        targets.check(*run(scenario()))

@@ -21,7 +21,7 @@ pytest.importorskip("aiohttp", reason='needs metaflow-sandbox-testing[daytona] (
 daytona = pytest.importorskip("daytona", reason='needs the daytona SDK (pip install ".[daytona]")')
 
 from metaflow_sandbox_testing.daytona_emulator import DaytonaEmulator  # noqa: E402
-from metaflow_sandbox_testing.local_web import REACH_PROBE, hello_servers  # noqa: E402
+from metaflow_sandbox_testing.local_web import REACH_PROBE, EgressTargets  # noqa: E402
 
 pytest_plugins = ["metaflow_sandbox_testing.daytona_emulator.fixtures"]  # daytona_env, daytona_emulator
 
@@ -577,13 +577,8 @@ def test_egress_is_what_the_create_request_allows(emulator: DaytonaEmulator) -> 
     """`domainAllowList`/`networkAllowList`: an empty network namespace whose one way out is a proxy allowing
     those hosts (any port); `networkBlockAll`: nothing; neither: the host's network. The proxy ends with the
     sandbox."""
-    with hello_servers(2) as (api, other), hello_servers(1, host="127.0.0.2") as (elsewhere,):
-        by_name, by_cidr, refused = (
-            f"http://localhost:{api}/",
-            f"http://127.0.0.1:{other}/",  # a CIDR allows every port of its hosts
-            f"http://127.0.0.2:{elsewhere}/",  # listening, and on no list
-        )
-        probe = f"{IMAGE_PYTHON} -I -c {shlex.quote(REACH_PROBE)} {by_name} {by_cidr} {refused}"
+    with EgressTargets() as targets:
+        probe = f"{IMAGE_PYTHON} -I -c {shlex.quote(REACH_PROBE)} {' '.join(targets.urls)}"
 
         async def scenario(client: Any) -> tuple[dict[str, list[str]], ...]:
             seen = []
@@ -604,15 +599,4 @@ def test_egress_is_what_the_create_request_allows(emulator: DaytonaEmulator) -> 
                     assert not os.path.exists(record["socket"]), "the proxy outlived its sandbox"
             return tuple(seen)
 
-        filtered, blocked, full = drive(emulator, scenario)
-    no_route = "ConnectionRefusedError"  # an empty network namespace: nothing listens on its loopback
-    assert filtered == {
-        by_name: [f"ok hello from {api}", no_route],
-        by_cidr: [f"ok hello from {other}", no_route],
-        refused: ["http 403", no_route],
-    }
-    assert all(fetched.startswith("failed") and direct == no_route for fetched, direct in blocked.values())
-    assert (
-        full[by_name] == [f"ok hello from {api}", "reached"]
-        and full[by_cidr][1] == full[refused][1] == "reached"
-    )
+        targets.check(*drive(emulator, scenario))

@@ -17,7 +17,7 @@ pytest.importorskip("aiohttp", reason="the emulator needs metaflow-sandbox-testi
 e2b = pytest.importorskip("e2b", reason="needs the e2b SDK (Python 3.11+)")
 
 from metaflow_sandbox_testing.e2b_emulator import E2BEmulator  # noqa: E402
-from metaflow_sandbox_testing.local_web import REACH_PROBE, hello_servers  # noqa: E402
+from metaflow_sandbox_testing.local_web import REACH_PROBE, EgressTargets  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +166,8 @@ def test_egress_is_what_the_create_request_allows(emulator):
     """`denyOut: [0.0.0.0/0]` with `allowOut`: an empty network namespace whose one way out is a proxy allowing
     those hosts (any port); `allow_internet_access=False`: nothing; no policy: the host's network. The proxy
     ends with the sandbox."""
-    with hello_servers(2) as (api, other), hello_servers(1, host="127.0.0.2") as (elsewhere,):
-        by_name, by_ip, refused = (
-            f"http://localhost:{api}/",
-            f"http://127.0.0.1:{other}/",  # an address allows every port
-            f"http://127.0.0.2:{elsewhere}/",  # listening, and on no list
-        )
-        probe = f"/usr/bin/python3 -I -c {shlex.quote(REACH_PROBE)} {by_name} {by_ip} {refused}"
+    with EgressTargets() as targets:
+        probe = f"/usr/bin/python3 -I -c {shlex.quote(REACH_PROBE)} {' '.join(targets.urls)}"
 
         async def scenario() -> tuple[dict[str, list[str]], ...]:
             seen = []
@@ -190,18 +185,7 @@ def test_egress_is_what_the_create_request_allows(emulator):
                     assert not os.path.exists(record["egress"]["socket"]), "the proxy outlived its sandbox"
             return tuple(seen)
 
-        filtered, blocked, full = run(scenario())
-    no_route = "ConnectionRefusedError"  # an empty network namespace: nothing listens on its loopback
-    assert filtered == {
-        by_name: [f"ok hello from {api}", no_route],
-        by_ip: [f"ok hello from {other}", no_route],
-        refused: ["http 403", no_route],
-    }
-    assert all(fetched.startswith("failed") and direct == no_route for fetched, direct in blocked.values())
-    assert (
-        full[by_name] == [f"ok hello from {api}", "reached"]
-        and full[by_ip][1] == full[refused][1] == "reached"
-    )
+        targets.check(*run(scenario()))
 
 
 def test_a_network_request_the_emulator_cannot_enforce_is_refused(emulator):

@@ -60,3 +60,41 @@ for url in sys.argv[1:]:
     seen[url] = [fetched, direct]
 print(json.dumps(seen))
 """
+
+
+class EgressTargets:
+    """The three destinations of an emulator's egress test, served while the context is open: `by_name`
+    (`localhost`), `by_ip` (`127.0.0.1`, another port) and `refused` (`127.0.0.2`, which no list names).
+    `check` asserts what `REACH_PROBE` saw under the three policies every provider has: allow `localhost`
+    and `127.0.0.1` (any port), block everything, and no policy (the host's network)."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> EgressTargets:
+        self.api, self.other = self._stack.enter_context(hello_servers(2))
+        (elsewhere,) = self._stack.enter_context(hello_servers(1, host="127.0.0.2"))
+        self.by_name = f"http://localhost:{self.api}/"
+        self.by_ip = f"http://127.0.0.1:{self.other}/"
+        self.refused = f"http://127.0.0.2:{elsewhere}/"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.by_name, self.by_ip, self.refused]
+
+    def check(self, filtered: dict, blocked: dict, full: dict) -> None:
+        no_route = "ConnectionRefusedError"  # an empty network namespace: nothing listens on its loopback
+        assert filtered == {
+            self.by_name: [f"ok hello from {self.api}", no_route],
+            self.by_ip: [f"ok hello from {self.other}", no_route],
+            self.refused: ["http 403", no_route],
+        }
+        assert all(
+            fetched.startswith("failed") and direct == no_route for fetched, direct in blocked.values()
+        )
+        assert full[self.by_name] == [f"ok hello from {self.api}", "reached"]
+        assert full[self.by_ip][1] == full[self.refused][1] == "reached"
