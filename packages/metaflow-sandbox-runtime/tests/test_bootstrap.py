@@ -477,3 +477,40 @@ def test_the_prepared_marker_is_the_same_on_both_sides():
     from metaflow_sandbox_runtime.plan import PREPARED
 
     assert _bootstrap_module().PREPARED.encode() == PREPARED
+
+
+def test_work_ahead_of_a_task_runs_at_low_priority_and_the_task_at_its_own(tmp_path):
+    """A prepared-ahead sandbox may share CPUs with running steps: its extraction runs niced; a task's own does
+    not. A stand-in `tar` records its niceness, then fails, so tarfile extracts."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "niceness"
+    tar = bin_dir / "tar"
+    tar.write_text(
+        f"#!{sys.executable}\nimport os\nopen({str(record)!r}, 'a').write('%d\\n' % os.nice(0))\nraise SystemExit(1)\n"
+    )
+    tar.chmod(0o755)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mod.py").write_text("VALUE = 1\n")
+    with tarfile.open(tmp_path / "pkg.tgz", "w:gz") as tar_file:
+        tar_file.add(src / "mod.py", arcname="mod.py")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for ahead, name in ((True, "ahead"), (False, "own")):
+        plan = Plan(
+            python=sys.executable,
+            argv=["-c", "pass"],
+            package_dir=str(tmp_path / name),
+            package_archive=str(tmp_path / "pkg.tgz"),
+            workdir=str(tmp_path / "w"),
+            prepare_only=ahead,
+        )
+        (tmp_path / f"{name}.json").write_text(plan.to_json())
+        done = subprocess.run(
+            plan.command(bootstrap_path(), str(tmp_path / f"{name}.json")), env=env, check=False
+        )
+        assert done.returncode == 0 and (tmp_path / name / "mod.py").exists()
+    base = os.nice(0)
+    assert [int(n) for n in record.read_text().split()] == [min(base + 10, 19), base]

@@ -39,6 +39,26 @@ DRAIN_SECONDS = 0.5  # how long to keep reading after the step exited while its 
 PREPARED = "metaflow-sandbox: prepared"
 #: How often an armed bootstrap looks for its plan: often while a task is likely to come soon, then less.
 PLAN_POLL = ((10.0, 0.005), (60.0, 0.025), (None, 0.1))
+#: The niceness of the work a sandbox does ahead of its task (extracting, probing): where sandboxes share CPUs
+#: with running steps, work for a later task must not slow them.
+AHEAD_NICENESS = 10
+_AHEAD = []  # type: list[bool]  # non-empty while a prepare_only plan runs
+
+
+def _child_options():
+    """Options for the children of the bootstrap's own work: lower priority while preparing ahead."""
+    if not _AHEAD or not hasattr(os, "setpriority"):
+        return {}
+
+    def lower():
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, AHEAD_NICENESS)
+        except OSError:
+            pass
+
+    return {"preexec_fn": lower}
+
+
 #: From the sandbox's (backend-made) environment; the proxy settings are how a sandbox with filtered egress
 #: reaches anything (bubblewrap's egress proxy).
 INHERITED = (
@@ -80,6 +100,7 @@ def _extract_with_tar(archive, dest):
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        **_child_options(),
     )
     if done.returncode == 0:
         return True
@@ -199,6 +220,7 @@ def _importable(python, env, modules):
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        **_child_options(),
     )
     return probe.returncode == 0
 
@@ -478,7 +500,10 @@ def main(argv):
     except ValueError as error:  # JSON errors included
         sys.stderr.write("bootstrap.py: %s\n" % error)
         return 2
+    if plan.get("prepare_only"):
+        _AHEAD.append(True)
     code = run(plan)
+    del _AHEAD[:]
     if code != 0 or not plan.get("then_plan"):
         return code
     sys.stdout.write(PREPARED + "\n")
