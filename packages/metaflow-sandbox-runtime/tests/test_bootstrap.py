@@ -420,7 +420,7 @@ def test_a_failed_setup_ends_the_task_before_the_step_and_a_missing_file_is_infr
 
 def test_an_armed_bootstrap_prepares_says_so_then_runs_the_plan_it_is_given(tmp_path):
     """prepare_only + then_plan: the package is extracted, PREPARED is the first line, nothing runs until the
-    plan and its `.ready` file exist, then that plan's step runs with its own environment."""
+    plan is written whole, then that plan's step runs with its own environment."""
     from metaflow_sandbox_runtime.plan import PREPARED
 
     src = tmp_path / "src"
@@ -446,10 +446,11 @@ def test_an_armed_bootstrap_prepares_says_so_then_runs_the_plan_it_is_given(tmp_
         workdir=str(tmp_path / "w"),
         env={"ONLY": "the task's", "PYTHONPATH": str(tmp_path / "pkg")},
     )
-    later.write_text(task.to_json())
-    time.sleep(0.3)  # the plan alone is not enough: the bootstrap waits for the .ready file written after it
-    assert proc.poll() is None
-    (tmp_path / "task.json.ready").write_bytes(b"")
+    text = task.to_json()
+    later.write_text(text[:-1])  # being written: every prefix of the plan fails to parse
+    time.sleep(0.3)
+    assert proc.poll() is None, "the bootstrap ran a plan that was not whole"
+    later.write_text(text)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 4, err
     assert [MFLOG.match(line).group(1) for line in out.splitlines()] == [b"from package the task's"]

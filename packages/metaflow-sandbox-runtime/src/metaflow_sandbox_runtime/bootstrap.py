@@ -9,7 +9,7 @@ the code package (which carries metaflow) is available. It
      presigned one, so no credential is needed to fetch it), extracted once,
   3. fetches libraries the step needs but the image lacks (e.g. the datastore client), when the plan offers them
      (a plan with `prepare_only` stops here: a sandbox made ready ahead of its task; with `then_plan` too, it
-     prints `PREPARED`, waits for that plan's `.ready` file and goes on with that plan: the sandbox is armed),
+     prints `PREPARED`, waits until that plan is written whole and goes on with it: the sandbox is armed),
   4. fetches the files the plan lists (e.g. an environment's package cache, through presigned URLs) and runs
      its setup commands (e.g. Metaflow's @conda/@pypi bootstrap), their output treated like the step's,
   5. runs the step with the plan's argv, environment and working directory,
@@ -478,16 +478,20 @@ def _load(path):
 
 
 def _await_plan(path, wait):
-    """The plan at `path` once the launcher wrote `path`.ready (after the plan itself), or None after `wait`
-    seconds."""
+    """The plan at `path` once the launcher has written it whole, or None after `wait` seconds. A plan is one
+    JSON object with nothing after it, so no part of one being written parses."""
     started = time.monotonic()
-    ready = path + ".ready"
-    while not os.path.exists(ready):
+    while True:
         waited = time.monotonic() - started
-        if waited > wait:
+        if os.path.exists(path):
+            try:
+                return _load(path)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if waited > wait:
+                    raise ValueError("the plan at %s is not JSON" % path)
+        elif waited > wait:
             return None
         time.sleep(next(pause for until, pause in PLAN_POLL if until is None or waited < until))
-    return _load(path)
 
 
 def main(argv):

@@ -40,8 +40,8 @@ class Plan:
     libraries: list[dict] = field(default_factory=list)
     #: Only make the package and libraries ready, run nothing: a sandbox prepared ahead of its task.
     prepare_only: bool = False
-    #: With `prepare_only`: then print `PREPARED`, wait up to `then_wait` seconds for the launcher to write
-    #: this path and `<path>.ready` (after it), and run that plan — a sandbox armed ahead of its task.
+    #: With `prepare_only`: then print `PREPARED`, wait up to `then_wait` seconds for the launcher to write the
+    #: plan at this path (whole: it is read once it parses), and run it — a sandbox armed ahead of its task.
     then_plan: str | None = None
     then_wait: float = 0.0
     #: Fetched (in parallel) after the libraries: [{"url", "path" (absolute in the sandbox), "executable"}],

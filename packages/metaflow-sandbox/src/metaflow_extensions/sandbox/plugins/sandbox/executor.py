@@ -367,9 +367,7 @@ class TaskExecutor:
             bootstrap, plan_file = f"{channel.base}/bootstrap.py", f"{channel.base}/{PLAN_FILE}"
             if not warm:
                 sandbox.upload(bootstrap_source(), bootstrap)
-            sandbox.upload(plan.to_json().encode(), plan_file)
-            if waiting is not None:  # written after the plan: the bootstrap takes the plan now
-                sandbox.upload(b"", f"{plan_file}.ready")
+            sandbox.upload(plan.to_json().encode(), plan_file)  # a waiting bootstrap runs it once it is whole
             self._mark("upload")
 
             def on_output(stream: str, line: bytes) -> None:
@@ -415,7 +413,7 @@ def _tidy(channel: Channel | None, *directories: str) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-#: The task's plan, next to the bootstrap (an armed bootstrap waits for it and then `PLAN_FILE.ready`).
+#: The task's plan, next to the bootstrap (where an armed bootstrap waits for it).
 PLAN_FILE = "plan.json"
 
 
