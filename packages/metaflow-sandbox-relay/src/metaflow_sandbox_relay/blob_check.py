@@ -9,6 +9,7 @@ budget, in bounded steps: a decompression bomb costs the launcher neither memory
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import zlib
 from typing import IO
@@ -28,10 +29,13 @@ class Budget:
         self.left = max_bytes
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
+        self._lock = threading.Lock()  # checks run concurrently: no charge may be lost
 
     def spend(self, count: int) -> None:
-        self.left -= count
-        if self.left < 0:
+        with self._lock:
+            self.left -= count
+            left = self.left
+        if left < 0:
             raise BlobRefused(
                 f"the task's results exceed {self.max_bytes} bytes (METAFLOW_SANDBOX_MAX_RESULT_BYTES)"
             )

@@ -9,8 +9,8 @@ from .vetting import VettedTask
 def apply_to_datastore(vetted: VettedTask, store: Datastore) -> None:
     """Create what is not there yet, from the relay's checked copies: blobs (each with the CAS metadata the
     check established) first, then task files, then the `DONE.lock` alone, so readers never see a finished
-    task whose data is missing. Nothing that exists is overwritten. On a remote store, what exists is asked
-    once for all of them at once, and each stage's writes run concurrently."""
+    task whose data is missing. Nothing that exists is overwritten. On a remote store, what exists is what
+    vetting found (or asked here once for all of them at once), and each stage's writes run concurrently."""
     files = sorted(vetted.task_files)
     stages: list[list[tuple[str, str, dict[str, object] | None]]] = [
         [(rel, copy, cas_meta(raw)) for rel, copy, raw in vetted.blobs],
@@ -19,8 +19,12 @@ def apply_to_datastore(vetted: VettedTask, store: Datastore) -> None:
     ]
     remote = store.concurrency > 1
     if remote:
-        every = [rel for stage in stages for rel, _, _ in stage]
-        present = {rel for rel, there in zip(every, each(store.concurrency, store.exists, every)) if there}
+        present = vetted.present
+        if present is None:
+            every = [rel for stage in stages for rel, _, _ in stage]
+            present = {
+                rel for rel, there in zip(every, each(store.concurrency, store.exists, every)) if there
+            }
         stages = [[item for item in stage if item[0] not in present] for stage in stages]
     for stage in stages:
         each(store.concurrency, lambda item: store.put(*item, absent=remote), stage)

@@ -60,6 +60,9 @@ class VettedTask:
     records: list[tuple[str, dict]] = field(default_factory=list)
     #: Lines for the task's log: what was dropped and why.
     notes: list[str] = field(default_factory=list)
+    #: Of the blobs and task files above, those the datastore already holds, when vetting asked (a remote
+    #: store: asked while the staged files were read); None: `apply_to_datastore` asks.
+    present: set[str] | None = None
 
 
 class _Listing:
@@ -137,15 +140,23 @@ def vet_task(
     staged: StagedTask, store: Datastore, policy: TaskPolicy, scratch: str, say: Callable[[str], None]
 ) -> VettedTask:
     """Check everything `staged` would apply; raise `RelayRefusedError` naming each problem."""
-    with ThreadPoolExecutor(1) as background:
+    remote = store.concurrency > 1
+    with ThreadPoolExecutor(2) as background:
         # A remote store's inputs are read meanwhile: a child lists its inputs' artifacts (e.g. a foreach's
-        # items) nearly always. A local one is read only if needed.
+        # items) nearly always. A local one is read only if needed. So is which of the task's files the
+        # store holds already (asked again by nothing: writes are create-only whatever it says).
         inputs = (
             background.submit(parent_artifacts, store, staged.scope.flow, policy.parents)
-            if store.concurrency > 1 and policy.parents
+            if remote and policy.parents
             else None
         )
-        return _vet(staged, store, policy, scratch, say, inputs)
+        files = sorted(staged.task_files)
+        held = background.submit(_held, store, files) if remote else None
+        return _vet(staged, store, policy, scratch, say, inputs, held)
+
+
+def _held(store: Datastore, rels: list[str]) -> set[str]:
+    return {rel for rel, there in zip(rels, each(store.concurrency, store.exists, rels)) if there}
 
 
 def _vet(
@@ -155,6 +166,7 @@ def _vet(
     scratch: str,
     say: Callable[[str], None],
     inputs: Future[set[str]] | None,
+    held: Future[set[str]] | None = None,
 ) -> VettedTask:
     scope = staged.scope
     limits = policy.limits
@@ -197,14 +209,17 @@ def _vet(
                 f"Dropped {len(unlisted)} blob(s) the task wrote but its data.json does not list "
                 f"(e.g. {unlisted[0]})."
             )
-    # The round trips first, concurrently: which listed blobs are stored already, and the new ones' bodies.
-    stored = dict(
-        zip(sorted(listed), each(store.concurrency, store.exists, map(_rel_of(flow), sorted(listed))))
-    )
+    # The round trips first, concurrently: which listed blobs are stored already (an input's artifacts are,
+    # when the inputs were read meanwhile), and the new ones' bodies.
+    parents: set[str] | None = inputs.result() if inputs is not None else None
+    known = sorted(listed & parents) if parents is not None else []
+    ask = sorted(listed - set(known))
+    stored = dict.fromkeys(known, True)
+    stored.update(zip(ask, each(store.concurrency, store.exists, map(_rel_of(flow), ask))))
     source.prefetch(
         [staged_blobs[sha] for sha in sorted(listed) if sha in staged_blobs and not stored[sha]], staged.sizes
     )
-    parents: set[str] | None = None
+    scans: list[tuple[int, str, str]] = []  # (where its problem goes, names, rel): scanned concurrently after
     for sha in sorted(listed):
         assert listing is not None
         names = ", ".join(repr(n) for n in listing.names_of(sha))
@@ -224,7 +239,7 @@ def _vet(
                 )
                 continue
             if parents is None:
-                parents = inputs.result() if inputs else parent_artifacts(store, flow, policy.parents)
+                parents = parent_artifacts(store, flow, policy.parents)
             if sha in parents:
                 continue  # an input's artifact, accepted into the flow before this task ran
             if not stored[sha]:
@@ -233,14 +248,26 @@ def _vet(
                 )
                 continue
             if pickled and not allowed.everything:
-                raw = store.cas_raw(rel)
-                with store.open(rel) as stream:
-                    metered = io.BufferedReader(_Metered(stream, budget))
-                    why = pickle_problem(open_artifact(metered, raw is True), allowed)
-                if why:
-                    problems.append(f"artifact {names} (already stored) cannot be loaded safely: {why}")
+                scans.append((len(problems), names, rel))
         except BlobRefused as error:
             problems.append(f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}")
+
+    def scan(item: tuple[int, str, str]) -> str | None:
+        _, names, rel = item
+        try:
+            raw = store.cas_raw(rel)
+            with store.open(rel) as stream:
+                metered = io.BufferedReader(_Metered(stream, budget))
+                why = pickle_problem(open_artifact(metered, raw is True), allowed)
+        except BlobRefused as error:
+            return f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}"
+        return f"artifact {names} (already stored) cannot be loaded safely: {why}" if why else None
+
+    for (at, _, _), found in reversed(list(zip(scans, each(store.concurrency, scan, scans)))):
+        if found:
+            problems.insert(at, found)
+    if held is not None:
+        vetted.present = held.result()  # the blobs to write were just found absent
     vetted.records = _vet_records(staged, listing, policy, problems)
     if problems:
         if not allowed.everything and any("cannot be loaded safely" in p for p in problems):

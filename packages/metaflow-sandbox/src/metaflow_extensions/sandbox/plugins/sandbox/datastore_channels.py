@@ -9,6 +9,7 @@ Either way, the relay then accepts only what belongs to the launched task.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -17,7 +18,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from metaflow_sandbox_core import Backend, ConfigError, Mount, NetworkPolicy
 from metaflow_sandbox_relay import (
@@ -267,21 +268,26 @@ class S3Channel(Channel):
             self.s3.download(self.package_location, partial)
             os.replace(partial, archive)
         package_dir = ensure_extracted(archive, launch.package_sha, launch.cache_dir)
+        policy = task_policy(self.s3.root, launch.flow, self.staging_root)
+        name = f"mfsb-{launch.task_id}-{launch.attempt}"[:32]
+        # Independent round trips, at once: the sandbox's credentials and, for a sandbox that cannot mount,
+        # whether the store holds the compiled package and the client bundle.
+        calls: list[Callable[[], Any]] = [
+            lambda: self.s3.sandbox_credentials(launch.s3_credentials, policy, self.lifetime, name, self.say)
+        ]
         if self.backend.capabilities.can_mount:
             self.package_dir = package_dir  # mounted read-only
         else:
             # The compiled copy, stored once next to the datastore; fetched through a presigned URL that
             # expires with the task (no credential needed in the sandbox).
-            compiled = compiled_archive(launch.cache_dir, launch.package_sha)
-            self.package_url = self.s3.presigned_get(self._publish(compiled), self.lifetime)
-            self.client_url = self.s3.presigned_get(
-                self._publish(client_bundle(launch.cache_dir)), self.lifetime
+            archives = (
+                compiled_archive(launch.cache_dir, launch.package_sha),
+                client_bundle(launch.cache_dir),
             )
-        policy = task_policy(self.s3.root, launch.flow, self.staging_root)
-        name = f"mfsb-{launch.task_id}-{launch.attempt}"[:32]
-        self.credentials = self.s3.sandbox_credentials(
-            launch.s3_credentials, policy, self.lifetime, name, self.say
-        )
+            calls += [functools.partial(self._publish, archive) for archive in archives]
+        self.credentials, *published = each(len(calls), lambda call: call(), calls)
+        if published:
+            self.package_url, self.client_url = (self.s3.presigned_get(p, self.lifetime) for p in published)
 
     def _publish(self, archive: str) -> S3Location:
         """Store a launcher-built, content-named archive under the datastore root unless the store holds it.
