@@ -378,3 +378,39 @@ def test_metaflow_bootstrap_builds_the_environment_from_the_fetched_cache_offlin
             f"{workdir}/.pkgs/pypi/{os.path.basename(PYPI_PACKAGES[0]['url'])}"
         ), calls
     assert len(calls) == (2 if kind == "pypi" else 1), calls
+
+
+def test_s3_channel_prepare_publishes_and_gets_credentials_at_once(tmp_path, s3_root, monkeypatch):
+    """The archives' existence checks and the credentials are independent round trips: asked together."""
+    import threading
+
+    import metaflow_extensions.sandbox.plugins.sandbox.datastore_channels as channels
+
+    launch = _launch(tmp_path)
+    archive = tmp_path / "cache" / "packages" / "abcdef.tgz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"package")  # fetched already: no download
+    monkeypatch.setattr(channels, "ensure_extracted", lambda *args: str(tmp_path / "extracted"))
+    monkeypatch.setattr(channels, "compiled_archive", lambda *args: str(tmp_path / "compiled-abcdef.tgz"))
+    monkeypatch.setattr(channels, "client_bundle", lambda *args: str(tmp_path / "client-1.tgz"))
+    backend = SimpleNamespace(name="daytona", capabilities=SimpleNamespace(can_mount=False))
+    channel = S3Channel(launch, backend, str(tmp_path / "staging"), str(tmp_path / "scratch"), lambda m: None)
+    together = threading.Barrier(3, timeout=10)  # broken unless the three round trips run together
+    uploaded = []
+
+    def exists(location):
+        together.wait()
+        return location.url.endswith("client-1.tgz")
+
+    def credentials(*args):
+        together.wait()
+        return {"AWS_ACCESS_KEY_ID": "scoped"}
+
+    monkeypatch.setattr(channel.s3, "exists", exists)
+    monkeypatch.setattr(channel.s3, "upload", lambda path, location: uploaded.append(os.path.basename(path)))
+    monkeypatch.setattr(channel.s3, "sandbox_credentials", credentials)
+    channel.prepare()
+    assert channel.credentials == {"AWS_ACCESS_KEY_ID": "scoped"}
+    assert uploaded == ["compiled-abcdef.tgz"]  # the stored client bundle is not uploaded again
+    assert "compiled-abcdef.tgz" in _object(channel.package_url)
+    assert "client-1.tgz" in _object(channel.client_url)
