@@ -150,26 +150,29 @@ def test_a_remote_store_s_inputs_are_read_while_the_task_s_files_are(tmp_path):
             if rels:  # the task's own files (no new blobs here: the second call has none)
                 together.wait()
 
-    def write(root, rel, data):
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(data)
-
     stage, real, scratch = (str(tmp_path / name) for name in ("stage", "real", "scratch"))
     os.makedirs(scratch)
     payload = pickle.dumps([1, 2], protocol=4)
     sha = hashlib.sha1(payload).hexdigest()
     items = json.dumps({"objects": {"items": sha}, "info": {"items": {"size": 9, "encoding": "pickle-v4"}}})
-    write(real, f"F/data/{sha[:2]}/{sha}", "stored by the input")
-    write(real, "F/7/start/1/0.data.json", items)
-    write(real, "F/7/start/1/0.DONE.lock", "")
-    write(stage, "F/7/s/3/0.data.json", items)  # the child lists its input's artifact
+    _write(real, f"F/data/{sha[:2]}/{sha}", "stored by the input")
+    _write(real, "F/7/start/1/0.data.json", items)
+    _write(real, "F/7/start/1/0.DONE.lock", "")
+    _write(stage, "F/7/s/3/0.data.json", items)  # the child lists its input's artifact
     scope = TaskScope(flow="F", run_id="7", step="s", task_id="3", attempt=0)
     staged = collect_staged_task(Staging(stage), scope)
     policy = TaskPolicy(ds_root=real, parents=("7/start/1",))
     vetted = vet_task(staged, RemoteLike(real), policy, scratch, lambda _: None)
     assert vetted.blobs == [] and [rel for rel, _ in vetted.task_files] == ["F/7/s/3/0.data.json"]
+
+
+def _write(root, rel, data):
+    import os
+
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
 
 
 def _foreach_child(tmp_path, store_class, stored_elsewhere=2):
@@ -183,27 +186,21 @@ def _foreach_child(tmp_path, store_class, stored_elsewhere=2):
 
     from metaflow_sandbox_relay import LocalStaging, TaskPolicy, TaskScope, collect_staged_task
 
-    def write(root, rel, data):
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-
     stage, real, scratch = (str(tmp_path / name) for name in ("stage", "real", "scratch"))
     os.makedirs(scratch)
     names = {}
     for name, value in [("items", [1, 2]), *[(f"same{i}", i) for i in range(stored_elsewhere)]]:
         payload = pickle.dumps(value, protocol=4)
         sha = hashlib.sha1(payload).hexdigest()
-        write(real, f"F/data/{sha[:2]}/{sha}", gzip.compress(payload))  # as Metaflow stores a blob
+        _write(real, f"F/data/{sha[:2]}/{sha}", gzip.compress(payload))  # as Metaflow stores a blob
         names[name] = sha
     info = {name: {"size": 9, "encoding": "pickle-v4"} for name in names}
     listing = json.dumps({"objects": names, "info": info}).encode()
-    write(real, "F/7/start/1/0.data.json", json.dumps({"objects": {"items": names["items"]}}).encode())
-    write(real, "F/7/start/1/0.DONE.lock", b"")
-    write(real, "F/7/s/3/0.task_stdout.log", b"written before (by another attempt's relay, say)")
-    write(stage, "F/7/s/3/0.data.json", listing)
-    write(stage, "F/7/s/3/0.task_stdout.log", b"out")
+    _write(real, "F/7/start/1/0.data.json", json.dumps({"objects": {"items": names["items"]}}).encode())
+    _write(real, "F/7/start/1/0.DONE.lock", b"")
+    _write(real, "F/7/s/3/0.task_stdout.log", b"written before (by another attempt's relay, say)")
+    _write(stage, "F/7/s/3/0.data.json", listing)
+    _write(stage, "F/7/s/3/0.task_stdout.log", b"out")
     scope = TaskScope(flow="F", run_id="7", step="s", task_id="3", attempt=0)
     staged = collect_staged_task(LocalStaging(stage), scope)
     return staged, TaskPolicy(ds_root=real, parents=("7/start/1",)), scratch, store_class(real), names
