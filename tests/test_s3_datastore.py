@@ -128,3 +128,25 @@ def test_two_fresh_servers_with_the_same_bucket_name_both_work(s3_project: Proje
             result = project.run("artifacts_flow.py", "run", check=False)
             assert result.returncode == 0, result.stdout + result.stderr
             assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_relay_reads_only_the_version_of_a_stored_blob_it_asked_about(s3_project: Project):
+    """The relay remembers stored blobs it found safe by their ETag; a read names that ETag, so an object
+    rewritten between the question and the read is refused by the store (a real S3 server), never read."""
+    from botocore.exceptions import ClientError
+
+    from metaflow_sandbox_relay import S3Datastore
+
+    server = s3_project.s3
+    client = server.client()  # type: ignore[union-attr]
+    client.create_bucket(Bucket="versions")
+    store = S3Datastore(client, "s3://versions/root")
+    assert store.version("F/data/ab/abcd") is None
+    client.put_object(Bucket="versions", Key="root/F/data/ab/abcd", Body=b"first")
+    first = store.version("F/data/ab/abcd")
+    assert first and store.open("F/data/ab/abcd", first).read() == b"first"
+    assert server.url in store.location("F/data/ab/abcd")  # remembered per endpoint, bucket and key
+    client.put_object(Bucket="versions", Key="root/F/data/ab/abcd", Body=b"second")
+    assert store.version("F/data/ab/abcd") != first
+    with pytest.raises(ClientError, match=r"PreconditionFailed|412"):
+        store.open("F/data/ab/abcd", first).read()

@@ -219,6 +219,10 @@ def test_an_input_s_artifacts_are_not_asked_for_and_the_destination_is_asked_whi
             asked.append(rel)
             return super().exists(rel)
 
+        def version(self, rel):
+            asked.append(rel)
+            return super().version(rel)
+
     staged, policy, scratch, store, names = _foreach_child(tmp_path, RemoteLike)
     vetted = vet_task(staged, store, policy, scratch, lambda _: None)
     items = f"F/data/{names['items'][:2]}/{names['items']}"
@@ -238,11 +242,43 @@ def test_blobs_already_stored_are_scanned_at_once(tmp_path):
     class RemoteLike(LocalDatastore):
         concurrency = 8
 
-        def open(self, rel):
+        def open(self, rel, version=None):
             if "/data/" in rel:
                 together.wait()
-            return super().open(rel)
+            return super().open(rel, version)
 
     staged, policy, scratch, store, _ = _foreach_child(tmp_path, RemoteLike, stored_elsewhere=2)
     vetted = vet_task(staged, store, policy, scratch, lambda _: None)
     assert vetted.blobs == []
+
+
+def test_a_stored_blob_found_safe_is_read_once_until_it_is_rewritten(tmp_path):
+    """A foreach's tasks list the same stored artifacts: once one is found safe, the next task asks only its
+    version. Rewritten (another version), it is read and checked again: here it now refers to os.system."""
+    import gzip
+    import os
+
+    from metaflow_sandbox_relay import LocalDatastore, RelayRefusedError
+    from metaflow_sandbox_relay.vetting import vet_task
+
+    opened: list[str] = []
+
+    class RemoteLike(LocalDatastore):
+        concurrency = 8
+
+        def open(self, rel, version=None):
+            opened.append(rel)
+            return super().open(rel, version)
+
+    staged, policy, scratch, store, names = _foreach_child(tmp_path, RemoteLike, stored_elsewhere=1)
+    same = f"F/data/{names['same0'][:2]}/{names['same0']}"
+    vet_task(staged, store, policy, scratch, lambda _: None)
+    assert opened.count(same) == 1
+    vet_task(staged, store, policy, scratch, lambda _: None)  # the next task of the foreach, say
+    assert opened.count(same) == 1, "read again though its version had not changed"
+
+    os.unlink(store.path(same))
+    _write(store.root, same, gzip.compress(b"cos\nsystem\n(S'true'\ntR."))
+    with pytest.raises(RelayRefusedError, match="cannot be loaded safely"):
+        vet_task(staged, store, policy, scratch, lambda _: None)
+    assert opened.count(same) == 2

@@ -84,6 +84,36 @@ def test_the_two_views_share_the_instance_state(roots) -> None:
     storage = storage_cls(real)
     storage.client = object()  # e.g. S3Storage's client: one per instance, not one per view
     storage.is_file(["flow/data/parent"])
-    views = storage.__dict__["_sandbox_views"]
-    assert [view.datastore_root for view in views] == [stage, real]
+    *views, own = storage.__dict__["_sandbox_views"]
+    assert [view.datastore_root for view in views] == [stage, real] and own is None
     assert all(view.client is storage.client for view in views)
+
+
+def test_own_files_are_kept_on_the_sandbox_disk_and_blobs_in_staging(roots, tmp_path: Path) -> None:
+    """With own files (a remote datastore): the task's files go to the local tree shipped home in one archive,
+    its blobs to the staging prefix; reads find each where it went, and the rest at the real root."""
+    stage, real = roots
+    (Path(real) / "flow/run/step/1").mkdir(parents=True)
+    (Path(real) / "flow/run/step/1/0.data.json").write_bytes(b"the parent's listing")
+    own_root = tmp_path / "own"
+    asked: Asked = defaultdict(set)
+    storage_cls = _counted(asked)
+    _staging(storage_cls, stage, StagedPaths(str(tmp_path / "staged")), LocalStorage(str(own_root)))
+    storage = storage_cls(real)
+
+    storage.save_bytes(iter([("flow/data/ab/abcd", io.BytesIO(b"a blob"))]))
+    storage.save_bytes(iter([("flow/run/step/2/0.data.json", io.BytesIO(b"my listing"))]))
+
+    assert (Path(stage) / "flow/data/ab/abcd").read_bytes() == b"a blob"
+    assert (own_root / "flow/run/step/2/0.data.json").read_bytes() == b"my listing"
+    assert not (Path(stage) / "flow/run/step/2").exists() and not (Path(real) / "flow/run/step/2").exists()
+    paths = ["flow/data/ab/abcd", "flow/run/step/2/0.data.json", "flow/run/step/1/0.data.json", "flow/run/x"]
+    assert storage.is_file(paths) == [True, True, True, False]
+    assert _read(storage, paths[:3]) == {
+        "flow/data/ab/abcd": b"a blob",
+        "flow/run/step/2/0.data.json": b"my listing",
+        "flow/run/step/1/0.data.json": b"the parent's listing",
+    }
+    assert storage.size_file("flow/run/step/2/0.data.json") == len(b"my listing")
+    assert {r.path for r in storage.list_content(["flow/run/step/2/"])} >= {"flow/run/step/2/0.data.json"}
+    assert "flow/data/ab/abcd" not in asked[stage]  # the staged-paths file answered

@@ -7,7 +7,7 @@ from .local_metadata import apply_local_metadata
 from .pickle_scan import PickleRefused, scan_pickle
 from .scope import RelayRefusedError, TaskScope
 from .service_replay import ServiceReplayError, replay_to_service
-from .sources import LocalStaging, S3Staging
+from .sources import LocalStaging, S3Staging, StagedTree, extract_bounded
 from .staging import Limits, StagedTask, collect_staged_task
 from .stores import Datastore, LocalDatastore, S3Datastore, each
 from .vetting import TaskPolicy, VettedTask, input_files, parent_artifacts, vet_task
@@ -28,6 +28,7 @@ __all__ = [
     "S3Staging",
     "ServiceReplayError",
     "StagedTask",
+    "StagedTree",
     "TaskPolicy",
     "TaskScope",
     "TrustRule",
@@ -39,6 +40,7 @@ __all__ = [
     "collect_staged_task",
     "copy_verified_blob",
     "each",
+    "extract_bounded",
     "input_files",
     "parent_artifacts",
     "pickle_problem",

@@ -1,10 +1,12 @@
-"""Where a sandbox's staged results are read from: a local directory or an S3 prefix."""
+"""Where a sandbox's staged results are read from: a local directory, an S3 prefix, or both (a task's own
+files and metadata came home in one archive, its blobs in a prefix)."""
 
 from __future__ import annotations
 
 import io
 import os
 import stat
+import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -47,6 +49,10 @@ class LocalStaging:
 
     def prefetch(self, rels: list[str], sizes: dict[str, int]) -> None:
         """Nothing to do: local files are read when opened."""
+
+    def is_partial_write(self, rel: str) -> bool:
+        """An interrupted atomic write (Metaflow's local storage writes a `tmp*` file, then renames it)."""
+        return "/" in rel and rel.rsplit("/", 1)[-1].startswith("tmp")
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -118,7 +124,72 @@ class S3Staging:
     def key(self, rel: str) -> str:
         return self.prefix + rel
 
+    def is_partial_write(self, rel: str) -> bool:
+        return False  # an S3 object appears whole or not at all
+
     def delete_all(self) -> None:
         keys = [{"Key": self.key(rel)} for rel, _ in self.files()]
         for start in range(0, len(keys), 1000):
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000]})
+
+
+class StagedTree:
+    """A task's results from two places: `local` (its own files and metadata, shipped home in one archive) and
+    `remote` (its blobs, in a staging prefix). A path staged in both places is a problem: the task is refused."""
+
+    def __init__(self, remote: S3Staging, local: LocalStaging):
+        self.remote = remote
+        self.local = local
+        self._local: set[str] = set()
+        self._twice: list[str] = []
+
+    @property
+    def problems(self) -> list[str]:
+        return [
+            *self.local.problems,
+            *self.remote.problems,
+            *(f"{rel} is staged twice" for rel in self._twice),
+        ]
+
+    def files(self) -> Iterator[tuple[str, int]]:
+        self._local = set()
+        for rel, size in self.local.files():
+            self._local.add(rel)
+            yield rel, size
+        for rel, size in self.remote.files():
+            if rel in self._local:
+                self._twice.append(rel)
+            else:
+                yield rel, size
+
+    def open(self, rel: str) -> IO[bytes]:
+        return self.local.open(rel) if rel in self._local else self.remote.open(rel)
+
+    def prefetch(self, rels: list[str], sizes: dict[str, int]) -> None:
+        self.remote.prefetch([rel for rel in rels if rel not in self._local], sizes)
+
+    def is_partial_write(self, rel: str) -> bool:
+        return rel in self._local and self.local.is_partial_write(rel)
+
+
+def extract_bounded(archive: str, directory: str, max_bytes: int, max_files: int) -> None:
+    """Extract a sandbox-made .tgz into `directory`: regular files and directories only, inside it, at most
+    `max_files` entries and `max_bytes` of content in all (counted from the headers before anything is
+    written, so an archive that inflates without end is refused after reading `max_bytes`). ValueError
+    names what is wrong."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members: list[tarfile.TarInfo] = []
+            total = 0
+            for member in tar:
+                if len(members) >= max_files:
+                    raise ValueError(f"it holds more than {max_files} entries")
+                if not (member.isreg() or member.isdir()):
+                    raise ValueError(f"{member.name} is neither a file nor a directory")
+                total += member.size
+                if total > max_bytes:
+                    raise ValueError(f"its files hold more than {max_bytes} bytes")
+                members.append(member)
+            tar.extractall(directory, members=members, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ValueError(f"it cannot be read safely: {error}") from error

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from .scope import RelayRefusedError, TaskScope
-from .sources import LocalStaging, S3Staging
+from .sources import LocalStaging, S3Staging, StagedTree
 
-Source = Union[LocalStaging, S3Staging]  # noqa: UP007 - also runs on Python 3.9
+Source = Union[LocalStaging, S3Staging, StagedTree]  # noqa: UP007 - also runs on Python 3.9
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _ATTEMPT_TAG = re.compile(r"^attempt_id:(\d+)$")
@@ -132,12 +132,7 @@ def collect_staged_task(
         name = parts[-1]
         is_datastore = source is datastore
         is_metadata = source is metadata
-        if (
-            name.startswith("tmp")
-            and len(parts) > 1
-            and source is not None
-            and isinstance(source, LocalStaging)
-        ):
+        if source.is_partial_write(rel):
             continue  # an interrupted atomic write; never applied
         if is_datastore and len(parts) == 4 and parts[:2] == (flow, "data"):
             sha = name[: -len("_meta")] if name.endswith("_meta") else name

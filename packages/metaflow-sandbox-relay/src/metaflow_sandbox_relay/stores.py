@@ -84,7 +84,19 @@ class LocalDatastore:
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self.path(rel))
 
-    def open(self, rel: str) -> IO[bytes]:
+    def location(self, rel: str) -> str:
+        return self.path(rel)
+
+    def version(self, rel: str) -> str | None:
+        """What identifies the stored content of `rel` (changes when it is rewritten), or None if absent."""
+        try:
+            info = os.lstat(self.path(rel))
+        except FileNotFoundError:
+            return None
+        return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+
+    def open(self, rel: str, version: str | None = None) -> IO[bytes]:
+        """Read `rel` (`version` is for remote stores: a local one is read as it is)."""
         return open(self.path(rel), "rb")
 
     def cas_raw(self, rel: str) -> bool | None:
@@ -175,8 +187,18 @@ class S3Datastore:
     def exists(self, rel: str) -> bool:
         return self._head(rel) is not None
 
-    def open(self, rel: str) -> IO[bytes]:
-        body: IO[bytes] = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"]
+    def location(self, rel: str) -> str:
+        return f"{self.client.meta.endpoint_url}|{self.bucket}|{self.key(rel)}"
+
+    def version(self, rel: str) -> str | None:
+        """The stored object's ETag (it changes when the object is rewritten), or None if absent."""
+        head = self._head(rel)
+        return None if head is None else str(head.get("ETag", ""))
+
+    def open(self, rel: str, version: str | None = None) -> IO[bytes]:
+        """Read `rel`; with `version` (an ETag), only that content (the store refuses if it was rewritten)."""
+        extra = {"IfMatch": version} if version else {}
+        body: IO[bytes] = self.client.get_object(Bucket=self.bucket, Key=self.key(rel), **extra)["Body"]
         return body
 
     def cas_raw(self, rel: str) -> bool | None:

@@ -17,6 +17,8 @@ import json
 import os
 import re
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -91,6 +93,35 @@ class _Listing:
 
     def encodings(self, sha: str) -> set[str]:
         return {str(self.info.get(name, {}).get("encoding", "pickle")) for name in self.names_of(sha)}
+
+
+class _SafeBlobs:
+    """Stored blobs found safe to load under a trust rule, by where they are and their version (an S3 ETag):
+    a foreach's tasks list the same stored artifacts over and over. Only a verdict is kept: whether the blob
+    exists and which version it is are asked every time, so a store emptied or rewritten is never trusted
+    from memory."""
+
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._known: OrderedDict[tuple[str, str, tuple[str, ...]], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple[str, str, tuple[str, ...]]) -> bool:
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return True
+            return False
+
+    def add(self, key: tuple[str, str, tuple[str, ...]]) -> None:
+        with self._lock:
+            self._known[key] = None
+            while len(self._known) > self.MAX:
+                self._known.popitem(last=False)
+
+
+SAFE_BLOBS = _SafeBlobs()
 
 
 def _blob_rel(flow: str, sha: str) -> str:
@@ -214,12 +245,15 @@ def _vet(
     parents: set[str] | None = inputs.result() if inputs is not None else None
     known = sorted(listed & parents) if parents is not None else []
     ask = sorted(listed - set(known))
+    versions = dict(zip(ask, each(store.concurrency, store.version, map(_rel_of(flow), ask))))
     stored = dict.fromkeys(known, True)
-    stored.update(zip(ask, each(store.concurrency, store.exists, map(_rel_of(flow), ask))))
+    stored.update((sha, version is not None) for sha, version in versions.items())
+    rule = ("*",) if allowed.everything else tuple(sorted(allowed.entries))
     source.prefetch(
         [staged_blobs[sha] for sha in sorted(listed) if sha in staged_blobs and not stored[sha]], staged.sizes
     )
-    scans: list[tuple[int, str, str]] = []  # (where its problem goes, names, rel): scanned concurrently after
+    #: (where its problem goes, names, rel, the version asked about): scanned concurrently after
+    scans: list[tuple[int, str, str, str]] = []
     for sha in sorted(listed):
         assert listing is not None
         names = ", ".join(repr(n) for n in listing.names_of(sha))
@@ -247,23 +281,27 @@ def _vet(
                     f"artifact {names} names blob {sha}, which neither the task nor the flow holds"
                 )
                 continue
-            if pickled and not allowed.everything:
-                scans.append((len(problems), names, rel))
+            version = str(versions[sha])  # stored, and not an input's artifact: it was asked about
+            if pickled and not allowed.everything and (store.location(rel), version, rule) not in SAFE_BLOBS:
+                scans.append((len(problems), names, rel, version))
         except BlobRefused as error:
             problems.append(f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}")
 
-    def scan(item: tuple[int, str, str]) -> str | None:
-        _, names, rel = item
+    def scan(item: tuple[int, str, str, str]) -> str | None:
+        _, names, rel, version = item
         try:
             raw = store.cas_raw(rel)
-            with store.open(rel) as stream:
+            with store.open(rel, version) as stream:  # the version asked about, or a refusal
                 metered = io.BufferedReader(_Metered(stream, budget))
                 why = pickle_problem(open_artifact(metered, raw is True), allowed)
         except BlobRefused as error:
             return f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}"
-        return f"artifact {names} (already stored) cannot be loaded safely: {why}" if why else None
+        if why:
+            return f"artifact {names} (already stored) cannot be loaded safely: {why}"
+        SAFE_BLOBS.add((store.location(rel), version, rule))
+        return None
 
-    for (at, _, _), found in reversed(list(zip(scans, each(store.concurrency, scan, scans)))):
+    for (at, *_), found in reversed(list(zip(scans, each(store.concurrency, scan, scans)))):
         if found:
             problems.insert(at, found)
     if held is not None:

@@ -2,8 +2,9 @@
 
 `LocalChannel`: the local datastore is mounted read-only (this run and the flow's blobs only); the task
 writes into a staging tree on the launcher's disk, mounted read-write.
-`S3Channel`: the task reads the flow's prefix and writes a private staging prefix with short-lived,
-prefix-scoped credentials; logs and local metadata come back through presigned PUTs.
+`S3Channel`: the task reads the flow's prefix and writes its blobs to a private staging prefix with short-lived,
+prefix-scoped credentials; its own files and local metadata come back as one archive, its logs as files, through
+presigned PUTs.
 Either way, the relay then accepts only what belongs to the launched task.
 """
 
@@ -13,7 +14,6 @@ import functools
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import threading
 import uuid
@@ -30,12 +30,14 @@ from metaflow_sandbox_relay import (
     S3Datastore,
     S3Staging,
     StagedTask,
+    StagedTree,
     TaskPolicy,
     TaskScope,
     apply_local_metadata,
     apply_to_datastore,
     collect_staged_task,
     each,
+    extract_bounded,
     input_files,
     replay_to_service,
     vet_task,
@@ -51,7 +53,10 @@ if TYPE_CHECKING:
     from .s3_access import S3Location
 
 SANDBOX_SUBDIR = "metaflow-sandbox"  # below the sandbox's workdir: bootstrap, plan, package, logs, metadata
-MAX_METADATA_ARCHIVE = 64 << 20
+#: The archive of a task's own files and local metadata (S3Channel): at most this long, and its files at most
+#: a data.json and the metadata a task may have (`Limits`) and this much more.
+MAX_RESULTS_ARCHIVE = 64 << 20
+RESULTS_SLACK = 16 << 20
 #: One publisher per archive and store in this process: the sandbox host starts many tasks of a run at once, and
 #: concurrent uploads of one key are wasted work (and some S3-compatible servers fail them).
 _PUBLISHING: dict[str, threading.Lock] = {}
@@ -250,7 +255,7 @@ class S3Channel(Channel):
         unique = uuid.uuid4().hex
         self.staging_root = self.s3.root.child(".sandbox-staging", unique)
         self.staged_datastore = self.staging_root.child("datastore")
-        self.metadata_archive = self.staging_root.child("metadata.tgz")
+        self.results_archive = self.staging_root.child("results.tgz")
         self.package_location = S3Location.parse(launch.package_blob)
         self.lifetime = float(launch.spec.get("timeout") or launch.run_time_limit) + 3600
 
@@ -339,7 +344,7 @@ class S3Channel(Channel):
         return {
             **self.launch.s3_env,
             **self.credentials,
-            STAGING_ENV: f"{self.base}/metadata",
+            STAGING_ENV: f"{self.base}/results",
             DATASTORE_STAGING_ENV: self.staged_datastore.url,
         }
 
@@ -362,8 +367,8 @@ class S3Channel(Channel):
         ]
         uploads.append(
             {
-                "path": f"{self.base}/metadata",
-                "url": self.s3.presigned_put(self.metadata_archive, self.lifetime),
+                "path": f"{self.base}/results",
+                "url": self.s3.presigned_put(self.results_archive, self.lifetime),
             }
         )
         return uploads
@@ -372,18 +377,19 @@ class S3Channel(Channel):
         return [self.s3.endpoint()]
 
     def relay(self, exit_code: int) -> None:
-        source = S3Staging(self.s3.client, self.staged_datastore.url)
-        metadata_dir = tempfile.mkdtemp(prefix="metadata-", dir=self.scratch_root)
-        # Two independent round trips at once: the staging listing and the metadata archive.
-        each(2, lambda read: read(), [source.list_once, lambda: self._fetch_metadata(metadata_dir)])
-        staged = collect_staged_task(source, self.scope, self.limits, metadata=LocalStaging(metadata_dir))
+        blobs = S3Staging(self.s3.client, self.staged_datastore.url)
+        results = tempfile.mkdtemp(prefix="results-", dir=self.scratch_root)
+        # Two independent round trips at once: the staging listing (blobs) and the archive of the rest.
+        each(2, lambda read: read(), [blobs.list_once, lambda: self._fetch_results(results)])
+        staged = collect_staged_task(StagedTree(blobs, LocalStaging(results)), self.scope, self.limits)
         self._apply(staged, S3Datastore(self.s3.client, self.s3.root.url), exit_code)
 
-    def _fetch_metadata(self, directory: str) -> None:
-        """The task's local metadata, shipped as an archive through the datastore; bounded and extracted safely."""
+    def _fetch_results(self, directory: str) -> None:
+        """The task's own files and local metadata, shipped as one archive through the datastore; bounded and
+        extracted safely."""
         from botocore.exceptions import ClientError
 
-        location = self.metadata_archive
+        location = self.results_archive
         try:  # one GET: its length is known before the body is read
             response = self.s3.client.get_object(Bucket=location.bucket, Key=location.key)
         except ClientError:
@@ -391,22 +397,27 @@ class S3Channel(Channel):
         body = response["Body"]
         archive = os.path.join(directory, "..", os.path.basename(directory) + ".tgz")
         try:
-            if int(response["ContentLength"]) > MAX_METADATA_ARCHIVE:
+            if int(response["ContentLength"]) > MAX_RESULTS_ARCHIVE:
                 raise RelayRefusedError(
-                    self.scope, [f"the metadata archive is {response['ContentLength']} bytes"]
+                    self.scope, [f"the results archive is {response['ContentLength']} bytes"]
                 )
             with open(archive, "wb") as target:
                 while chunk := body.read(1 << 20):
                     target.write(chunk)
-                    if target.tell() > MAX_METADATA_ARCHIVE:
-                        raise RelayRefusedError(self.scope, ["the metadata archive is longer than announced"])
+                    if target.tell() > MAX_RESULTS_ARCHIVE:
+                        raise RelayRefusedError(self.scope, ["the results archive is longer than announced"])
         finally:
             body.close()
+        limits = self.limits
         try:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(directory, filter="data")
-        except (tarfile.TarError, OSError) as error:
-            raise RelayRefusedError(self.scope, [f"the metadata archive cannot be read safely: {error}"])
+            extract_bounded(
+                archive,
+                directory,
+                max_bytes=limits.max_data_json_bytes + limits.max_metadata_bytes + RESULTS_SLACK,
+                max_files=limits.max_files,
+            )
+        except ValueError as error:
+            raise RelayRefusedError(self.scope, [f"the results archive: {error}"])
 
     def cleanup(self) -> None:
         try:

@@ -1,9 +1,10 @@
 """Inside the sandbox: the task reads the real datastore but writes only to its private staging area.
 
 Every datastore write (artifacts, task files) goes to a staging root with the same relative layout —
-a local directory for the local datastore, a private prefix for S3 — and reads of what the task staged
-look there, everything else at the real root. Local metadata goes to a private directory. After the
-task, the launcher's relay accepts from staging only what belongs to this task. Works for any
+a local directory for the local datastore; for S3, a private prefix for blobs and the sandbox's disk for the
+task's own files — and reads of what the task staged look there, everything else at the real root. Local
+metadata goes to a private directory (with the task's own files: one archive home). After the task, the
+launcher's relay accepts from staging only what belongs to this task. Works for any
 `DataStoreStorage` class.
 """
 
@@ -20,7 +21,7 @@ STAGED_METHODS = ("is_file", "info_file", "size_file", "list_content", "save_byt
 STAGED_PATHS_ENV = "METAFLOW_SANDBOX_STAGED_PATHS"
 
 
-class _BothClosed:
+class _AllClosed:
     def __init__(self, *contexts):
         self._contexts = contexts
 
@@ -50,11 +51,20 @@ class StagedPaths:
         return [p in known for p in paths]
 
 
-def _staging(storage_cls, staging_root, staged_paths=None):
+def is_blob(path):
+    """A content-addressed blob (`<flow>/data/<xx>/<sha>`), as opposed to a task's own files."""
+    parts = path.strip("/").split("/")
+    return len(parts) <= 4 and len(parts) > 1 and parts[1] == "data"
+
+
+def _staging(storage_cls, staging_root, staged_paths=None, own_files=None):
     """Patch `storage_cls` so every instance stages its writes under `staging_root`.
 
     With `staged_paths`, whether a path is staged is known without asking the store; without it (a local
-    staging tree, where asking is a stat), the staging root is asked first."""
+    staging tree, where asking is a stat), the staging root is asked first. With `own_files` (a storage on the
+    sandbox's disk), the task's own files (everything but blobs) are staged there instead: they go home in
+    one archive with the task's metadata, not one request each. Metaflow writes blobs and task files in
+    separate calls; a call is routed by its first path."""
     # A subclass keeping the original methods: the two views (staging and real) of an instance.
     plain = type(
         "Unstaged" + storage_cls.__name__,
@@ -63,6 +73,7 @@ def _staging(storage_cls, staging_root, staged_paths=None):
     )
 
     def views(self):
+        """(staging, real, own files or None)."""
         cached = self.__dict__.get("_sandbox_views")
         if cached is None:
             # Copies of the instance that differ only in their root: they share its client and connections.
@@ -72,56 +83,76 @@ def _staging(storage_cls, staging_root, staged_paths=None):
                 view.__class__ = plain
                 view.datastore_root = root
                 cached.append(view)
-            cached = self.__dict__["_sandbox_views"] = tuple(cached)
+            cached = self.__dict__["_sandbox_views"] = (*cached, own_files)
         return cached
 
     def where(self, paths):
-        """For each path: staged (True), or only in the real root (False)."""
-        if staged_paths is not None:
-            return staged_paths.staged(paths)
-        return views(self)[0].is_file(paths) if paths else []
+        """For each path, the view that holds it: staged (in staging or the own files), else the real root."""
+        stage, real, own = views(self)
+        found = [real] * len(paths)
+        mine = [i for i, p in enumerate(paths) if own is not None and not is_blob(p)]
+        blobs = [i for i, p in enumerate(paths) if own is None or is_blob(p)]
+        if mine:
+            for i, there in zip(mine, own.is_file([paths[i] for i in mine])):
+                found[i] = own if there else real
+        if blobs:
+            asked = [paths[i] for i in blobs]
+            staged = staged_paths.staged(asked) if staged_paths is not None else stage.is_file(asked)
+            for i, there in zip(blobs, staged):
+                found[i] = stage if there else real
+        return found
+
+    def by_view(self, paths):
+        groups = {}
+        for path, view in zip(paths, where(self, paths)):
+            groups.setdefault(id(view), (view, []))[1].append(path)
+        return groups.values()
 
     def is_file(self, paths):
         real = views(self)[1]
         paths = list(paths)
-        staged = where(self, paths)
-        found = iter(real.is_file([p for p, s in zip(paths, staged) if not s]))
-        return [True if s else next(found) for s in staged]
+        held = where(self, paths)
+        found = iter(real.is_file([p for p, v in zip(paths, held) if v is real]))
+        return [next(found) if v is real else True for v in held]
 
     def info_file(self, path):
-        stage, real = views(self)
-        return (stage if where(self, [path])[0] else real).info_file(path)
+        return where(self, [path])[0].info_file(path)
 
     def size_file(self, path):
-        stage, real = views(self)
-        return (stage if where(self, [path])[0] else real).size_file(path)
+        return where(self, [path])[0].size_file(path)
 
     def list_content(self, paths):
-        stage, real = views(self)
-        merged = {r.path: r for r in real.list_content(paths)}
-        merged.update({r.path: r for r in stage.list_content(paths)})
+        stage, real, own = views(self)
+        merged = {}
+        for view in (real, stage, own):
+            if view is not None:
+                merged.update({r.path: r for r in view.list_content(paths)})
         return list(merged.values())
 
     def save_bytes(self, path_and_bytes_iter, overwrite=False, len_hint=0):
+        items = iter(path_and_bytes_iter)
+        first = next(items, None)
+        if first is None:
+            return None
+        items = chain([first], items)
+        stage, _, own = views(self)
+        if own is not None and not is_blob(first[0]):
+            return own.save_bytes(items, overwrite=overwrite, len_hint=len_hint)
         written = []
 
         def noting():
-            for item in path_and_bytes_iter:
+            for item in items:
                 written.append(item[0])
                 yield item
 
-        result = views(self)[0].save_bytes(noting(), overwrite=overwrite, len_hint=len_hint)
+        result = stage.save_bytes(noting(), overwrite=overwrite, len_hint=len_hint)
         if staged_paths is not None:
             staged_paths.add(written)
         return result
 
     def load_bytes(self, paths):
-        stage, real = views(self)
-        paths = list(paths)
-        staged = where(self, paths)
-        first = stage.load_bytes([p for p, s in zip(paths, staged) if s])
-        second = real.load_bytes([p for p, s in zip(paths, staged) if not s])
-        return CloseAfterUse(chain(first.__enter__(), second.__enter__()), closer=_BothClosed(first, second))
+        loads = [view.load_bytes(group) for view, group in by_view(self, list(paths))]
+        return CloseAfterUse(chain(*(load.__enter__() for load in loads)), closer=_AllClosed(*loads))
 
     for name, method in (
         ("is_file", is_file),
@@ -138,8 +169,9 @@ def _staging(storage_cls, staging_root, staged_paths=None):
 def install_staged_storage(metadata_dir, datastore_staging=None):
     """Stage this process's datastore writes and send its local metadata to `metadata_dir`. Idempotent.
 
-    `datastore_staging` is the staging root of a remote datastore (e.g. an s3:// prefix); for the local
-    datastore the staging tree is `metadata_dir` itself.
+    `datastore_staging` is the staging root of a remote datastore (e.g. an s3:// prefix) for the task's blobs;
+    its own files (data.json, markers) are staged in `metadata_dir` with its metadata. For the local datastore
+    the staging tree is `metadata_dir` itself.
     """
     from metaflow.plugins.datastores.local_storage import LocalStorage
     from metaflow.plugins.metadata_providers.local import LocalMetadataProvider
@@ -147,6 +179,10 @@ def install_staged_storage(metadata_dir, datastore_staging=None):
     if getattr(LocalStorage, "sandbox_staging_root", None) is not None:
         return
     os.makedirs(metadata_dir, exist_ok=True)
+    # The task's own files of a remote datastore are kept next to its metadata, in a plain local storage.
+    own_files = type(
+        "UnstagedLocalStorage", (LocalStorage,), {m: getattr(LocalStorage, m) for m in STAGED_METHODS}
+    )
     _staging(LocalStorage, metadata_dir)
     if datastore_staging and datastore_staging.startswith("s3://"):
         from metaflow.plugins.datastores.s3_storage import S3Storage
@@ -155,7 +191,9 @@ def install_staged_storage(metadata_dir, datastore_staging=None):
             descriptor, path = tempfile.mkstemp(prefix="staged-paths-")
             os.close(descriptor)
             os.environ[STAGED_PATHS_ENV] = path
-        _staging(S3Storage, datastore_staging, StagedPaths(os.environ[STAGED_PATHS_ENV]))
+        _staging(
+            S3Storage, datastore_staging, StagedPaths(os.environ[STAGED_PATHS_ENV]), own_files(metadata_dir)
+        )
     # Local metadata gets a storage class of its own, rooted in the private directory.
     metadata_root = type("SandboxMetadataRoot", (LocalStorage,), {"datastore_root": metadata_dir})
     setattr(LocalMetadataProvider, "_get_storage_class", classmethod(lambda cls: metadata_root))  # noqa: B010
