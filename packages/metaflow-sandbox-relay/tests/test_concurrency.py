@@ -135,7 +135,7 @@ def test_a_remote_store_s_inputs_are_read_while_the_task_s_files_are(tmp_path):
     )
     from metaflow_sandbox_relay.vetting import vet_task
 
-    together = threading.Barrier(2, timeout=10)  # broken unless the input read and the prefetch overlap
+    together = threading.Barrier(2, timeout=10)  # broken unless the input read and the task's files' overlap
 
     class RemoteLike(LocalDatastore):
         concurrency = 8
@@ -146,9 +146,10 @@ def test_a_remote_store_s_inputs_are_read_while_the_task_s_files_are(tmp_path):
             return super().listdir(rel)
 
     class Staging(LocalStaging):
-        def prefetch(self, rels, sizes):
-            if rels:  # the task's own files (no new blobs here: the second call has none)
+        def open(self, rel):
+            if rel.endswith("data.json"):  # the task's listing, read first
                 together.wait()
+            return super().open(rel)
 
     stage, real, scratch = (str(tmp_path / name) for name in ("stage", "real", "scratch"))
     os.makedirs(scratch)
@@ -282,3 +283,63 @@ def test_a_stored_blob_found_safe_is_read_once_until_it_is_rewritten(tmp_path):
     with pytest.raises(RelayRefusedError, match="cannot be loaded safely"):
         vet_task(staged, store, policy, scratch, lambda _: None)
     assert opened.count(same) == 2
+
+
+def test_a_finished_input_is_read_once_for_all_its_children(tmp_path):
+    """A foreach's children share their input: its listing, read for the first child, serves the next ones."""
+    from metaflow_sandbox_relay import LocalDatastore
+    from metaflow_sandbox_relay.vetting import vet_task
+
+    listed: list[str] = []
+
+    class RemoteLike(LocalDatastore):
+        concurrency = 8
+
+        def listdir(self, rel):
+            listed.append(rel)
+            return super().listdir(rel)
+
+    staged, policy, scratch, store, _ = _foreach_child(tmp_path, RemoteLike)
+    for _child in range(3):
+        vet_task(staged, store, policy, scratch, lambda _: None)
+    assert listed == ["F/7/start/1"]
+
+
+def test_the_task_s_other_files_and_its_new_blobs_are_fetched_while_the_store_is_asked(tmp_path):
+    """Once the listing is read, one round for the rest: the task's other files and the blobs it staged are
+    fetched while the store is asked which listed blobs it holds."""
+    import gzip
+    import hashlib
+    import pickle
+
+    from metaflow_sandbox_relay import LocalDatastore, LocalStaging, collect_staged_task
+    from metaflow_sandbox_relay.vetting import vet_task
+
+    together = threading.Barrier(2, timeout=10)  # broken unless the fetch and the store's answer overlap
+    fetched: list[list[str]] = []
+
+    class RemoteLike(LocalDatastore):
+        concurrency = 8
+
+        def version(self, rel):
+            together.wait()
+            return super().version(rel)
+
+    class Staging(LocalStaging):
+        def prefetch(self, rels, sizes):
+            if rels:
+                fetched.append(list(rels))
+                together.wait()
+
+    staged, policy, scratch, store, names = _foreach_child(tmp_path, RemoteLike, stored_elsewhere=0)
+    payload = pickle.dumps("new", protocol=4)
+    sha = hashlib.sha1(payload).hexdigest()
+    stage = staged.source.root  # type: ignore[union-attr]
+    _write(stage, f"F/data/{sha[:2]}/{sha}", gzip.compress(payload))
+    info = {"new": {"size": len(payload), "encoding": "pickle-v4"}}
+    listing = {"objects": {**names, "new": sha}, "info": info}
+    _write(stage, "F/7/s/3/0.data.json", __import__("json").dumps(listing))
+    staged = collect_staged_task(Staging(stage), staged.scope)
+    vetted = vet_task(staged, store, policy, scratch, lambda _: None)
+    assert fetched[0] == ["F/7/s/3/0.task_stdout.log", f"F/data/{sha[:2]}/{sha}"]
+    assert [rel for rel, _, _ in vetted.blobs] == [f"F/data/{sha[:2]}/{sha}"]

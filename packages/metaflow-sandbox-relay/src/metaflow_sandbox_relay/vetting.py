@@ -95,33 +95,37 @@ class _Listing:
         return {str(self.info.get(name, {}).get("encoding", "pickle")) for name in self.names_of(sha)}
 
 
-class _SafeBlobs:
-    """Stored blobs found safe to load under a trust rule, by where they are and their version (an S3 ETag):
-    a foreach's tasks list the same stored artifacts over and over. Only a verdict is kept: whether the blob
-    exists and which version it is are asked every time, so a store emptied or rewritten is never trusted
-    from memory."""
+class _Memo:
+    """A bounded, thread-safe map the host keeps across tasks (the least recently used entries go first)."""
 
     MAX = 10_000
 
     def __init__(self) -> None:
-        self._known: OrderedDict[tuple[str, str, tuple[str, ...]], None] = OrderedDict()
+        self._known: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __contains__(self, key: tuple[str, str, tuple[str, ...]]) -> bool:
+    def get(self, key: Any) -> Any:
         with self._lock:
             if key in self._known:
                 self._known.move_to_end(key)
-                return True
-            return False
+                return self._known[key]
+            return None
 
-    def add(self, key: tuple[str, str, tuple[str, ...]]) -> None:
+    def put(self, key: Any, value: Any) -> None:
         with self._lock:
-            self._known[key] = None
+            self._known[key] = value
             while len(self._known) > self.MAX:
                 self._known.popitem(last=False)
 
 
-SAFE_BLOBS = _SafeBlobs()
+#: Stored blobs found safe to load under a trust rule, by (where, version, rule), the version being an S3
+#: ETag: a foreach's tasks list the same stored artifacts over and over. Only the verdict is kept: whether the
+#: blob exists and which version it is are asked every time, so a store emptied or rewritten is never
+#: trusted from memory.
+SAFE_BLOBS = _Memo()
+#: The blobs an input's finished attempt lists, by where the input is: it never changes once finished (writes are
+#: create-only; a child runs after its inputs finished), and a foreach's children share their input.
+FINISHED_INPUTS = _Memo()
 
 
 def _blob_rel(flow: str, sha: str) -> str:
@@ -145,6 +149,7 @@ def _inputs(store: Datastore, flow: str, parents: Iterable[str]) -> list[tuple[s
             try:
                 with store.open(f"{task_dir}/{max(attempts)}.data.json") as f:
                     shas = set(_Listing.parse(f.read(64 << 20)).objects.values())
+                FINISHED_INPUTS.put(store.location(task_dir), frozenset(shas))
             except (OSError, ValueError, KeyError, TypeError):
                 pass
         return task_dir, names, shas
@@ -153,8 +158,13 @@ def _inputs(store: Datastore, flow: str, parents: Iterable[str]) -> list[tuple[s
 
 
 def parent_artifacts(store: Datastore, flow: str, parents: Iterable[str]) -> set[str]:
-    """The blob names the inputs' finished attempts list (already accepted into the flow)."""
-    return {sha for _, _, shas in _inputs(store, flow, parents) for sha in shas}
+    """The blob names the inputs' finished attempts list (already accepted into the flow); an input whose
+    listing this process read before (a foreach's children share theirs) is not read again."""
+    parents = list(parents)
+    known = [FINISHED_INPUTS.get(store.location(f"{flow}/{parent}")) for parent in parents]
+    unread = [parent for parent, shas in zip(parents, known) if shas is None]
+    found = {sha for shas in known if shas is not None for sha in shas}
+    return found | {sha for _, _, shas in _inputs(store, flow, unread) for sha in shas}
 
 
 def input_files(store: Datastore, flow: str, parents: Iterable[str]) -> list[str]:
@@ -209,23 +219,30 @@ def _vet(
     flow = scope.flow
     data_json_rel = "/".join((*scope.task_path, f"{scope.attempt}.data.json"))
     listing: _Listing | None = None
-    source.prefetch(sorted(staged.task_files), staged.sizes)
-    try:
-        for rel in sorted(staged.task_files):
-            fd, copied = tempfile.mkstemp(dir=scratch)
-            with os.fdopen(fd, "wb") as target, source.open(rel) as stream:
-                _copy(stream, target, budget)
-            vetted.task_files.append((rel, copied))
-            if rel == data_json_rel:
-                with open(copied, "rb") as f:
-                    listing = _Listing.parse(
-                        f.read(limits.max_data_json_bytes + 1)[: limits.max_data_json_bytes]
-                    )
-    except (ValueError, KeyError, TypeError):
-        raise RelayRefusedError(scope, [f"{data_json_rel} is not a Metaflow artifact listing"])
-    except BlobRefused as error:
-        raise RelayRefusedError(scope, [str(error)])
+    files = sorted(staged.task_files)
+    others = [rel for rel in files if rel != data_json_rel]
 
+    def copy_files(rels: list[str]) -> None:
+        nonlocal listing
+        try:
+            for rel in rels:
+                fd, copied = tempfile.mkstemp(dir=scratch)
+                with os.fdopen(fd, "wb") as target, source.open(rel) as stream:
+                    _copy(stream, target, budget)
+                vetted.task_files.append((rel, copied))
+                if rel == data_json_rel:
+                    with open(copied, "rb") as f:
+                        listing = _Listing.parse(
+                            f.read(limits.max_data_json_bytes + 1)[: limits.max_data_json_bytes]
+                        )
+        except (ValueError, KeyError, TypeError):
+            raise RelayRefusedError(scope, [f"{data_json_rel} is not a Metaflow artifact listing"])
+        except BlobRefused as error:
+            raise RelayRefusedError(scope, [str(error)])
+
+    copy_files(
+        [rel for rel in files if rel == data_json_rel]
+    )  # first: its listing says what to ask and fetch
     staged_blobs = {rel.rsplit("/", 1)[-1]: rel for rel in staged.blobs}
     if listing is None:
         if staged_blobs:
@@ -240,18 +257,24 @@ def _vet(
                 f"Dropped {len(unlisted)} blob(s) the task wrote but its data.json does not list "
                 f"(e.g. {unlisted[0]})."
             )
-    # The round trips first, concurrently: which listed blobs are stored already (an input's artifacts are,
-    # when the inputs were read meanwhile), and the new ones' bodies.
-    parents: set[str] | None = inputs.result() if inputs is not None else None
-    known = sorted(listed & parents) if parents is not None else []
-    ask = sorted(listed - set(known))
-    versions = dict(zip(ask, each(store.concurrency, store.version, map(_rel_of(flow), ask))))
+    # The round trips at once: the task's other files, the staged blobs it lists (new, nearly always: Metaflow
+    # writes only blobs the store lacks) and which listed blobs are stored already (an input's artifacts are,
+    # when the inputs were read meanwhile).
+    with ThreadPoolExecutor(1) as ahead:
+        fetching = ahead.submit(
+            source.prefetch,
+            [*others, *(staged_blobs[sha] for sha in sorted(listed) if sha in staged_blobs)],
+            staged.sizes,
+        )
+        parents: set[str] | None = inputs.result() if inputs is not None else None
+        known = sorted(listed & parents) if parents is not None else []
+        ask = sorted(listed - set(known))
+        versions = dict(zip(ask, each(store.concurrency, store.version, map(_rel_of(flow), ask))))
+        fetching.result()
+    copy_files(others)
     stored = dict.fromkeys(known, True)
     stored.update((sha, version is not None) for sha, version in versions.items())
     rule = ("*",) if allowed.everything else tuple(sorted(allowed.entries))
-    source.prefetch(
-        [staged_blobs[sha] for sha in sorted(listed) if sha in staged_blobs and not stored[sha]], staged.sizes
-    )
     #: (where its problem goes, names, rel, the version asked about): scanned concurrently after
     scans: list[tuple[int, str, str, str]] = []
     for sha in sorted(listed):
@@ -282,7 +305,11 @@ def _vet(
                 )
                 continue
             version = str(versions[sha])  # stored, and not an input's artifact: it was asked about
-            if pickled and not allowed.everything and (store.location(rel), version, rule) not in SAFE_BLOBS:
+            if (
+                pickled
+                and not allowed.everything
+                and not SAFE_BLOBS.get((store.location(rel), version, rule))
+            ):
                 scans.append((len(problems), names, rel, version))
         except BlobRefused as error:
             problems.append(f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}")
@@ -298,7 +325,7 @@ def _vet(
             return f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}"
         if why:
             return f"artifact {names} (already stored) cannot be loaded safely: {why}"
-        SAFE_BLOBS.add((store.location(rel), version, rule))
+        SAFE_BLOBS.put((store.location(rel), version, rule), True)
         return None
 
     for (at, *_), found in reversed(list(zip(scans, each(store.concurrency, scan, scans)))):
