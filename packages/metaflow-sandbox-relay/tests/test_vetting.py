@@ -195,3 +195,16 @@ def test_an_artifact_larger_than_the_step_could_have_pickled_is_refused_unread(e
     policy = TaskPolicy(ds_root=real, max_artifact_bytes=999, artifact_limit_reason="the step's memory=...")
     with pytest.raises(RelayRefusedError, match=r"declares \d+ bytes, more than the limit of 999 bytes"):
         vet(policy)
+
+
+def test_what_the_host_remembers_across_tasks_is_bounded():
+    from metaflow_sandbox_relay.vetting import FINISHED_INPUTS, SAFE_BLOBS, _Memo
+
+    memo = _Memo(2)
+    for key in "abc":
+        memo.put(key, key.upper())
+    assert memo.get("a") is None and memo.get("b") == "B" and memo.get("c") == "C"
+    memo.get("b")  # used: the least recently used goes first
+    memo.put("d", "D")
+    assert memo.get("b") == "B" and memo.get("c") is None
+    assert SAFE_BLOBS.entries <= 10_000 and FINISHED_INPUTS.entries <= 64

@@ -98,9 +98,8 @@ class _Listing:
 class _Memo:
     """A bounded, thread-safe map the host keeps across tasks (the least recently used entries go first)."""
 
-    MAX = 10_000
-
-    def __init__(self) -> None:
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
         self._known: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -114,7 +113,7 @@ class _Memo:
     def put(self, key: Any, value: Any) -> None:
         with self._lock:
             self._known[key] = value
-            while len(self._known) > self.MAX:
+            while len(self._known) > self.entries:
                 self._known.popitem(last=False)
 
 
@@ -122,10 +121,11 @@ class _Memo:
 #: ETag: a foreach's tasks list the same stored artifacts over and over. Only the verdict is kept: whether the
 #: blob exists and which version it is are asked every time, so a store emptied or rewritten is never
 #: trusted from memory.
-SAFE_BLOBS = _Memo()
+SAFE_BLOBS = _Memo(10_000)
 #: The blobs an input's finished attempt lists, by where the input is: it never changes once finished (writes are
 #: create-only; a child runs after its inputs finished), and a foreach's children share their input.
-FINISHED_INPUTS = _Memo()
+FINISHED_INPUTS = _Memo(64)
+_REMEMBERED_LISTING = 10_000  # blobs at most, in an input's listing kept (64 of them: at most ~64 MB)
 
 
 def _blob_rel(flow: str, sha: str) -> str:
@@ -149,7 +149,8 @@ def _inputs(store: Datastore, flow: str, parents: Iterable[str]) -> list[tuple[s
             try:
                 with store.open(f"{task_dir}/{max(attempts)}.data.json") as f:
                     shas = set(_Listing.parse(f.read(64 << 20)).objects.values())
-                FINISHED_INPUTS.put(store.location(task_dir), frozenset(shas))
+                if len(shas) <= _REMEMBERED_LISTING:
+                    FINISHED_INPUTS.put(store.location(task_dir), frozenset(shas))
             except (OSError, ValueError, KeyError, TypeError):
                 pass
         return task_dir, names, shas
