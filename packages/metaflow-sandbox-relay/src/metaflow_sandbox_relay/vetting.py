@@ -198,7 +198,13 @@ def vet_task(
 
 
 def _held(store: Datastore, rels: list[str]) -> set[str]:
-    return {rel for rel, there in zip(rels, each(store.concurrency, store.exists, rels)) if there}
+    """Which of `rels` the store holds: the task's files share one directory, listed once (S3 lists
+    consistently), rather than one question each."""
+    directories = {rel.rpartition("/")[0] for rel in rels}
+    if len(directories) != 1:
+        return {rel for rel, there in zip(rels, each(store.concurrency, store.exists, rels)) if there}
+    names = set(store.listdir(directories.pop()))
+    return {rel for rel in rels if rel.rpartition("/")[2] in names}
 
 
 def _vet(
