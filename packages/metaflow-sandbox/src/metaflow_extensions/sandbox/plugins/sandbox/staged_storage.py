@@ -103,7 +103,7 @@ def _staging(storage_cls, staging_root, staged_paths=None, own_files=None):
         return found
 
     def by_view(self, paths):
-        groups = {}
+        groups: dict = {}  # id(view) -> (view, its paths)
         for path, view in zip(paths, where(self, paths)):
             groups.setdefault(id(view), (view, []))[1].append(path)
         return groups.values()
