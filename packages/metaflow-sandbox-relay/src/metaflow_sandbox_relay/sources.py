@@ -152,7 +152,10 @@ class StagedTree:
         ]
 
     def files(self) -> Iterator[tuple[str, int]]:
-        self._local = set()
+        self._local, self._twice = (
+            set(),
+            [],
+        )  # a fresh listing: what an earlier one found does not count twice
         for rel, size in self.local.files():
             self._local.add(rel)
             yield rel, size

@@ -247,9 +247,8 @@ def _vet(
         except BlobRefused as error:
             raise RelayRefusedError(scope, [str(error)])
 
-    copy_files(
-        [rel for rel in files if rel == data_json_rel]
-    )  # first: its listing says what to ask and fetch
+    # The task's listing first: it says what to ask the store and what else to fetch.
+    copy_files([rel for rel in files if rel == data_json_rel])
     staged_blobs = {rel.rsplit("/", 1)[-1]: rel for rel in staged.blobs}
     if listing is None:
         if staged_blobs:
