@@ -20,6 +20,7 @@ from .conftest import Project
 pytestmark = pytest.mark.integration
 
 HOST_MODULE = "metaflow_extensions.sandbox.plugins.sandbox.sandbox_host"
+HOST_IDENTITY = "metaflow_extensions.sandbox.plugins.sandbox.host_identity"
 
 
 def _sandbox_count(project: Project) -> int:
@@ -60,17 +61,19 @@ def test_sigkill_of_a_run_leaves_no_sandbox_within_5_seconds(project: Project):
 
 
 def test_sandboxes_of_the_next_splits_are_prepared_ahead_and_none_is_left(project: Project):
-    """One worker, four splits: while a split runs, the host prepares the next one's sandbox (remote backends;
-    a mounting backend's sandbox depends on its task's own files, so it makes none ahead). Every sandbox
-    serves one task, and none is left after the run."""
+    """One worker, four splits: while a split runs, the host prepares the next one's sandbox (a mounting
+    backend's with a staging directory of its own, which its task adopts). Every sandbox serves one task; no
+    sandbox and no staging directory is left after the run, and a killed launcher's leftovers are removed."""
+    dead_launcher = _plant_dead_launchers_staging(project)
     result = project.run("foreach_flow.py", "run", "--max-workers", "1", "--width", "4")
     output = result.stdout + result.stderr
     running = re.findall(r"Running in \w+ sandbox (\S+)( \(prepared ahead\))?", output)
     assert len(running) == 4 and len({sandbox for sandbox, _ in running}) == 4, output
-    ahead = sum(1 for _, flag in running if flag)
-    assert ahead == (3 if project.emulator is not None else 0), output
+    assert sum(1 for _, flag in running if flag) == 3, output
     assert project.live_sandboxes() == []
     assert "total 14" in output
+    _assert_eventually(lambda: _staging_dirs(project) == [], "staging directories were left")
+    _assert_eventually(lambda: not dead_launcher.exists(), "a dead launcher's staging was not removed")
 
 
 def test_a_failing_split_leaves_no_sandbox_prepared_for_the_rest(project: Project):
@@ -79,10 +82,35 @@ def test_a_failing_split_leaves_no_sandbox_prepared_for_the_rest(project: Projec
         "foreach_flow.py", "run", "--max-workers", "1", "--width", "4", "--fail-at", "1", check=False
     )
     assert result.returncode != 0 and "failing split 1 on purpose" in result.stdout + result.stderr
-    deadline = time.monotonic() + 5
-    while project.live_sandboxes() and time.monotonic() < deadline:
+    _assert_eventually(lambda: project.live_sandboxes() == [], "sandboxes were left")
+    _assert_eventually(lambda: _staging_dirs(project) == [], "staging directories were left")
+
+
+def _staging_dirs(project: Project) -> list[Path]:
+    """Task staging directories (`<cache>/staging/<launcher>/<task>`) on this machine."""
+    return list(Path(project.env["METAFLOW_SANDBOX_CACHE_DIR"]).glob("staging/*/*"))
+
+
+def _plant_dead_launchers_staging(project: Project) -> Path:
+    """What a SIGKILLed launcher leaves: a staging tree under the label of a process that has exited."""
+    label = subprocess.run(
+        [sys.executable, "-c", f"from {HOST_IDENTITY} import host_label; print(host_label())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    leftover = Path(project.env["METAFLOW_SANDBOX_CACHE_DIR"]) / "staging" / label
+    (leftover / "0123abcd").mkdir(parents=True)
+    (leftover / "0123abcd" / "0.data.json").write_text("{}")
+    return leftover
+
+
+def _assert_eventually(check, what: str, seconds: float = 10.0) -> None:
+    """What a task removes goes after its result is out (on a housekeeping thread): wait for it a while."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
         time.sleep(0.1)
-    assert project.live_sandboxes() == []
 
 
 def test_the_host_socket_is_private_to_its_user(project: Project):

@@ -1,11 +1,26 @@
-"""Process bookkeeping: recognising a recorded pid and killing its process group from any process."""
+"""Process bookkeeping: starting bwrap from one long-lived thread, recognising a recorded pid, and killing its
+process group from any process."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: The thread every bwrap is forked from. `--die-with-parent` (PR_SET_PDEATHSIG) fires when the *thread* that
+#: forked bwrap ends, not the process: a sandbox prepared ahead on a short-lived thread would die with it.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwrap-spawn")
+
+
+def spawn(start: Callable[[], T]) -> T:
+    """Run `start` (which forks a process) on the process-long spawning thread, and return what it returns."""
+    return _SPAWNER.submit(start).result()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from .keyring import FreshKeyring
 from .layout import SANDBOX_WORKDIR, SandboxLayout, SandboxUser, host_path_for, mount_binds
 from .limits import SandboxLimits
 from .probe import INSTALL_HINT
-from .processes import ProcessRef
+from .processes import ProcessRef, spawn
 from .seccomp import filter_bytes, filter_fd
 from .state import SandboxRecord, remove_tree
 
@@ -129,16 +129,18 @@ class BubblewrapSandbox(Sandbox):
             seccomp_fd=seccomp_fd,
         )
         try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={**BASE_ENV, **env},
-                cwd="/",
-                start_new_session=True,
-                pass_fds=() if seccomp_fd is None else (seccomp_fd,),
-                preexec_fn=self._prepare_child,
+            process = spawn(
+                lambda: subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env={**BASE_ENV, **env},
+                    cwd="/",
+                    start_new_session=True,
+                    pass_fds=() if seccomp_fd is None else (seccomp_fd,),
+                    preexec_fn=self._prepare_child,
+                )
             )
         except FileNotFoundError:
             raise ConfigError(

@@ -36,6 +36,7 @@ from metaflow_sandbox_core import (
     SandboxError,
     SandboxSpec,
     SandboxTimeoutError,
+    Started,
 )
 
 #: Upper bound for commands that should finish quickly (keeps a broken backend from hanging the suite).
@@ -183,6 +184,27 @@ class BackendConformance:
         assert started.follow(timeout=COMMAND_TIMEOUT, on_output=lambda s, b: chunks.append((s, b))) == 5
         assert [b for s, b in chunks if s == "stdout"] == [b"line one\n", b"line two\n"]
         assert [b for s, b in chunks if s == "stderr"] == [b"done\n"]
+
+    def test_started_command_outlives_the_thread_that_started_it(self, sandbox: Sandbox) -> None:
+        """A sandbox prepared ahead is started on a short-lived thread and followed from the task's: the
+        command must not end with the thread that started it (e.g. a parent-death signal bound to it)."""
+        work = f"{sandbox.workdir.rstrip('/')}/conformance-later"
+        handed: list[Started] = []
+
+        def prepare() -> None:
+            started = sandbox.start(sh(f"echo ready; while [ ! -f {work} ]; do sleep 0.05; done; cat {work}"))
+            started.read_until(b"ready", timeout=COMMAND_TIMEOUT)
+            handed.append(started)
+
+        thread = threading.Thread(target=prepare)
+        thread.start()
+        thread.join()
+        assert handed, "the command was not ready"
+        time.sleep(0.5)  # long enough for a command tied to the ended thread to be gone
+        sandbox.upload(b"still here\n", work)
+        run = CapturedRun()
+        assert handed[0].follow(timeout=COMMAND_TIMEOUT, on_output=run) == 0
+        assert run.lines("stdout") == [b"still here\n"]
 
     def test_started_command_that_ends_before_its_marker_says_why(self, sandbox: Sandbox) -> None:
         started = sandbox.start(sh("echo could not fetch the package >&2; exit 3"))

@@ -10,12 +10,10 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from metaflow_sandbox_core import (
@@ -40,6 +38,7 @@ from .conda_environment import package_urls, plan_fields
 from .datastore_channels import SANDBOX_SUBDIR, Channel, channel_for
 from .env_denylist import denied_names, denylist
 from .step_command import StepCommand
+from .task_dirs import remove, sweep_once, task_dir
 from .task_launch import TaskLaunch
 from .uv_environment import UvTarget, environment_archive, environment_dir
 from .warm_pool import MAX_WAIT_SECONDS, WarmPool, WarmSandbox
@@ -100,12 +99,14 @@ class TaskExecutor:
         self.cwd = cwd or os.getcwd()  # the task's: relative paths of its command line resolve there
         self.warm_pool = warm_pool
         self._group: str | None = None  # this task's group in the warm pool, if it has one
+        self._staging_mount: str | None = (
+            None  # the spec's mount of `staging`, the one part no sibling shares
+        )
         self._interrupted: int | None = None
         self._sandbox: Sandbox | None = None
         self._sandbox_lock = threading.Lock()
-        unique = uuid.uuid4().hex
-        self.staging = os.path.join(launch.cache_dir, "staging", unique)
-        self.scratch = os.path.join(launch.cache_dir, "relay", unique)
+        self.staging = task_dir(launch.cache_dir, "staging")
+        self.scratch = task_dir(launch.cache_dir, "relay")
         self._environment_dir: str | None = None  # --environment=uv, mounted read-only
         self._environment_url: str | None = None  # --environment=uv, fetched by a sandbox that cannot mount
         self._conda_reads: list[str] = []  # @pypi/@conda remotely: presigned reads of the package cache
@@ -148,6 +149,7 @@ class TaskExecutor:
         channel: Channel | None = None
         try:
             try:
+                sweep_once(self.launch.cache_dir)
                 backend = self.backends(self.launch.backend)
                 threading.Thread(target=backend.preload, name="preload", daemon=True).start()
                 os.makedirs(self.staging, mode=0o700)
@@ -243,6 +245,8 @@ class TaskExecutor:
             spec["network_allow"] = tuple(allow)
         spec["egress_allow"] = tuple(spec.get("egress_allow") or ())
         labels = {**launch.labels, **self.extra_labels}
+        if any(mount.host_path == channel.staging for mount in mounts):
+            self._staging_mount = channel.staging
         return SandboxSpec(**spec, mounts=tuple(mounts), readable=tuple(readable), labels=labels)
 
     def _plan(self, channel: Channel) -> Plan:
@@ -280,13 +284,17 @@ class TaskExecutor:
         )
 
     def _warm_group(self, backend: Backend, spec: SandboxSpec) -> str | None:
-        """This task's group for sandboxes prepared ahead: a foreach split whose sandbox depends on nothing
-        of the task itself (no mounts), in the sandbox host; else None."""
+        """This task's group for sandboxes prepared ahead, in the sandbox host: a foreach split, whose spec
+        is its siblings' (same inputs, mounts and readable files: the foreach parent's) but for its labels and
+        its own staging directory; else None."""
         launch = self.launch
-        if self.warm_pool is None or launch.foreach_size < 2 or spec.mounts or len(launch.parents) != 1:
+        if self.warm_pool is None or launch.foreach_size < 2 or len(launch.parents) != 1:
             return None
-        shared = dataclasses.asdict(dataclasses.replace(spec, labels={}))
+        shared = dataclasses.asdict(dataclasses.replace(spec, labels={}, mounts=self._shared_mounts(spec)))
         return self._group_prefix() + json.dumps([backend.name, shared], sort_keys=True, default=str)
+
+    def _shared_mounts(self, spec: SandboxSpec) -> tuple[Mount, ...]:
+        return tuple(mount for mount in spec.mounts if mount.host_path != self._staging_mount)
 
     def _group_prefix(self) -> str:
         """What every warm-pool group of this task's foreach starts with (a failure drops them all, even one
@@ -298,12 +306,25 @@ class TaskExecutor:
         """A sandbox for a later task of this group: created, its bootstrap started with the code package and
         libraries ready, and waiting for that task's plan (armed).
 
-        Its labels name the step, not a task; its lifetime adds the time it may wait for its task."""
+        Its labels name the step, not a task; its lifetime adds the time it may wait for its task. Where the
+        task's spec mounts its staging directory, the sandbox gets a new one of its own in the same place, which
+        the task that takes it adopts."""
         labels = {k: v for k, v in spec.labels.items() if k not in ("metaflow.task", "metaflow.attempt")}
         timeout = spec.timeout + MAX_WAIT_SECONDS if spec.timeout else None
-        sandbox = call_with_retries(
-            lambda: backend.create(dataclasses.replace(spec, labels=labels, timeout=timeout))
-        )
+        mounts, staging = spec.mounts, None
+        if self._staging_mount is not None:
+            staging = task_dir(self.launch.cache_dir, "staging")
+            os.makedirs(staging, mode=0o700)
+            mounts = (*self._shared_mounts(spec), Mount(staging, staging, read_only=False))
+        try:
+            sandbox = call_with_retries(
+                lambda: backend.create(
+                    dataclasses.replace(spec, labels=labels, timeout=timeout, mounts=mounts)
+                )
+            )
+        except BaseException:
+            remove(staging)
+            raise
         started: Started | None = None
         try:
             base = _channel_dir(sandbox)
@@ -325,11 +346,9 @@ class TaskExecutor:
             sandbox.upload(plan.to_json().encode(), plan_file)
             started = sandbox.start(plan.command(bootstrap, plan_file))
             started.read_until(PREPARED, timeout=600)
-            return WarmSandbox(sandbox, started)
+            return WarmSandbox(sandbox, started, staging)
         except BaseException:
-            sandbox.destroy()
-            if started is not None:
-                started.close()
+            WarmSandbox(sandbox, started, staging).destroy()
             raise
 
     def _run_in_sandbox(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> int:
@@ -344,6 +363,9 @@ class TaskExecutor:
                 armed = pool.arrive(self._group, launch.foreach_size, launch.max_workers, launch.attempt == 0)
                 if armed is not None:
                     sandbox, waiting = armed.sandbox, armed.started
+                    if armed.staging is not None:  # mounted where the task's own would have been
+                        remove(self.staging)
+                        self.staging = channel.staging = armed.staging
             warm = sandbox is not None
             if sandbox is None:
                 sandbox = call_with_retries(
@@ -410,7 +432,7 @@ def _tidy(channel: Channel | None, *directories: str) -> None:
     if channel is not None:
         channel.cleanup()
     for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+        remove(directory)
 
 
 #: The task's plan, next to the bootstrap (where an armed bootstrap waits for it).

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from metaflow_sandbox_core import Sandbox, Started
 
+from .task_dirs import remove
+
 #: A group with no arrival for this long is given up (its run ended early or moved on).
 IDLE_SECONDS = 30.0
 #: A warm sandbox's lifetime is its step's time limit plus this; one that waited longer is not used.
@@ -27,15 +29,18 @@ MAX_WAIT_SECONDS = 600.0
 
 @dataclass
 class WarmSandbox:
-    """A sandbox made ahead, and its bootstrap if one waits in it for the task's plan (`Started`)."""
+    """A sandbox made ahead, its bootstrap if one waits in it for the task's plan (`Started`), and the staging
+    directory mounted in it for its task (a mounting backend's), removed with it unless a task adopted it."""
 
     sandbox: Sandbox
     started: Started | None = None
+    staging: str | None = None
 
     def destroy(self) -> None:
         self.sandbox.destroy()
         if self.started is not None:
             self.started.close()
+        remove(self.staging)
 
 
 @dataclass
