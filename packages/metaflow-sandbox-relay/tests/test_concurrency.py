@@ -286,6 +286,31 @@ def test_a_stored_blob_found_safe_is_read_once_until_it_is_rewritten(tmp_path):
     assert opened.count(same) == 2
 
 
+def test_a_stored_blob_without_a_version_is_read_for_every_task(tmp_path):
+    """A store whose answers name no version (no ETag) could have rewritten the blob unseen: the verdict is
+    not remembered."""
+    from metaflow_sandbox_relay import LocalDatastore
+    from metaflow_sandbox_relay.vetting import vet_task
+
+    opened: list[str] = []
+
+    class Versionless(LocalDatastore):
+        concurrency = 8
+
+        def version(self, rel):
+            return None if super().version(rel) is None else ""
+
+        def open(self, rel, version=None):
+            opened.append(rel)
+            return super().open(rel, version)
+
+    staged, policy, scratch, store, names = _foreach_child(tmp_path, Versionless, stored_elsewhere=1)
+    same = f"F/data/{names['same0'][:2]}/{names['same0']}"
+    for _task in range(2):
+        vet_task(staged, store, policy, scratch, lambda _: None)
+    assert opened.count(same) == 2
+
+
 def test_a_finished_input_is_read_once_for_all_its_children(tmp_path):
     """A foreach's children share their input: its listing, read for the first child, serves the next ones."""
     from metaflow_sandbox_relay import LocalDatastore

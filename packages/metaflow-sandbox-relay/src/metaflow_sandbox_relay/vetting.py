@@ -120,7 +120,7 @@ class _Memo:
 #: Stored blobs found safe to load under a trust rule, by (where, version, rule), the version being an S3
 #: ETag: a foreach's tasks list the same stored artifacts over and over. Only the verdict is kept: whether the
 #: blob exists and which version it is are asked every time, so a store emptied or rewritten is never
-#: trusted from memory.
+#: trusted from memory; a blob whose store names no version is never remembered.
 SAFE_BLOBS = _Memo(10_000)
 #: The blobs an input's finished attempt lists, by where the input is: it never changes once finished (writes are
 #: create-only; a child runs after its inputs finished), and a foreach's children share their input.
@@ -331,7 +331,8 @@ def _vet(
             return f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}"
         if why:
             return f"artifact {names} (already stored) cannot be loaded safely: {why}"
-        SAFE_BLOBS.put((store.location(rel), version, rule), True)
+        if version:  # a store that names no version could be rewritten unseen: remember nothing
+            SAFE_BLOBS.put((store.location(rel), version, rule), True)
         return None
 
     for (at, *_), found in reversed(list(zip(scans, each(store.concurrency, scan, scans)))):
