@@ -25,6 +25,7 @@ imports metaflow or the flow):
     task_launch.py         `TaskLaunch`, what the runtime hands the launcher
     step_command.py        the trampoline argv → the inner `step` command
     datastore_channels.py  per datastore: mounts, package delivery, credentials, and the relay back
+    task_dirs.py           the task's directories on this machine (by launcher); sweeps a killed launcher's
     code_package.py        extracted, byte-compiled code packages (cached per sha)
     client_libraries.py    the boto3/requests bundle for images without them
     s3_access.py           the launcher's S3 client, presigned URLs, scoped STS credentials

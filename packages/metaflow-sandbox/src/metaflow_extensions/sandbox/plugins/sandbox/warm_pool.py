@@ -4,8 +4,8 @@ A task of a foreach tells the host how many splits the foreach has and the run's
 counts the splits that have arrived and keeps up to min(still to come, max-workers) sandboxes ready for that
 group: created from the spec the group's tasks share, its bootstrap started and prepared (code package and
 libraries fetched and extracted), then waiting for its task's plan (armed). An arriving task takes one; none
-serves more than one task attempt, and none has run user code before its task. A group's sandboxes are destroyed when one of its tasks
-fails or is interrupted (the run may stop there), after `IDLE_SECONDS` without an arrival, when older than
+serves more than one task attempt, and none has run user code before its task. A group's sandboxes are
+destroyed when one of its tasks fails or is interrupted (the run may stop there), after `IDLE_SECONDS` without an arrival, when older than
 `MAX_WAIT_SECONDS`, and when the host exits.
 """
 
