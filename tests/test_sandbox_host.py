@@ -140,9 +140,7 @@ def test_a_host_running_other_code_is_replaced(tmp_path: Path):
             time.sleep(0.05)
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(path)
-        wire.send(
-            client, wire.HELLO, {"protocol": wire.PROTOCOL, "code": "another-version", "argv": [], "cwd": "/"}
-        )
+        wire.send(client, wire.HELLO, wire.Hello("another-version", "/", []).encode())
         kind, _ = wire.receive(client)
         client.close()
         assert kind == wire.STALE

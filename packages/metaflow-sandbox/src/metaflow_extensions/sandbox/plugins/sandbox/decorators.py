@@ -18,7 +18,6 @@ VALIDATED_ENV = "METAFLOW_SANDBOX_VALIDATED"
 
 OTHER_COMPUTE_DECORATORS = ("batch", "kubernetes")
 LIGHT_LAUNCHER = "metaflow_extensions.sandbox.plugins.sandbox.launch"
-HOST_CLIENT = "metaflow_extensions.sandbox.plugins.sandbox.host_client"
 
 
 def _config(name):
@@ -40,6 +39,12 @@ def _host_identity():
             IDLE_ENV: str(_config("SANDBOX_HOST_IDLE") or 600),
         }
     return SandboxDecorator._host_identity
+
+
+def _host_client_entrypoint():
+    from .host_client import entrypoint
+
+    return entrypoint()
 
 
 def _max_workers():
@@ -346,7 +351,7 @@ class SandboxDecorator(StepDecorator):
         elif mode in ("process", "fast"):
             cli_args.entrypoint = [sys.executable, "-m", LIGHT_LAUNCHER]
         else:  # the warm host runs the task; the task process is its thin client
-            cli_args.entrypoint = [sys.executable, "-m", HOST_CLIENT]
+            cli_args.entrypoint = _host_client_entrypoint()
             cli_args.env.update(_host_identity())
 
     def _task_launch(self, cli_args, retry_count):

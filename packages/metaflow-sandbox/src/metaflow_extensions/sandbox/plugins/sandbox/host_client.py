@@ -1,17 +1,21 @@
 """The thin client the Metaflow runtime spawns per sandboxed task when the warm host is on (standard library only).
 
-`python -m metaflow_extensions.sandbox.plugins.sandbox.host_client [argv of flow.py]`: hands the task to the
-user's sandbox host (starting one if none answers), writes the task's output to its own stdout/stderr
-unchanged, forwards SIGINT/SIGTERM/SIGHUP, and exits with the step's code.
+`entrypoint() + [argv of flow.py]`: hands the task to the user's sandbox host (starting one if none answers),
+writes the task's output to its own stdout/stderr unchanged, forwards SIGINT/SIGTERM/SIGHUP, and exits with the
+step's code.
+
+Every task pays this process's start, so it starts without `site` (only the extension's own directory is put on
+its path) and imports C modules where their Python wrappers cost more than they give (`_socket`, `_signal`:
+`socket` and `signal` import `enum` and `selectors`).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import sys
 import time
+from _signal import SIGHUP, SIGINT, SIGTERM, signal
+from _socket import AF_UNIX, SOCK_STREAM, socket
 
 from . import host_protocol as wire
 
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
 SOCKET_ENV = "METAFLOW_SANDBOX_HOST_SOCKET"
 CODE_ENV = "METAFLOW_SANDBOX_HOST_CODE"
 IDLE_ENV = "METAFLOW_SANDBOX_HOST_IDLE"
+MODULE = "metaflow_extensions.sandbox.plugins.sandbox.host_client"
 HOST_MODULE = "metaflow_extensions.sandbox.plugins.sandbox.sandbox_host"
 START_TIMEOUT = 60.0
 HANDSHAKE_TIMEOUT = 15.0
@@ -34,8 +39,19 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
-def _connect(path: str) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def entrypoint() -> list[str]:
+    """The command line that starts the thin client (the runtime appends the task's argv)."""
+    root = os.path.abspath(__file__)
+    for _ in MODULE.split("."):  # up to the directory that holds `metaflow_extensions`
+        root = os.path.dirname(root)
+    start = (
+        f"import sys; sys.path.insert(0, {root!r}); from {MODULE} import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return [sys.executable, "-S", "-c", start]
+
+
+def _connect(path: str) -> socket | None:
+    sock = socket(AF_UNIX, SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError:
@@ -62,7 +78,7 @@ def _start_host(path: str) -> subprocess.Popen[bytes]:
         )
 
 
-def _handed_over(path: str, hello: dict) -> socket.socket:
+def _handed_over(path: str, hello: wire.Hello) -> socket:
     """A connection whose host accepted the task: a running host, else a new one (replacing a stale one)."""
     deadline = time.monotonic() + START_TIMEOUT
     host: subprocess.Popen[bytes] | None = None
@@ -77,7 +93,7 @@ def _handed_over(path: str, hello: dict) -> socket.socket:
             continue
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)  # a host that took the connection but never answers: retry
-            wire.send(sock, wire.HELLO, hello)
+            wire.send(sock, wire.HELLO, hello.encode())
             kind, _ = wire.receive(sock)
             sock.settimeout(None)
         except (OSError, wire.ConnectionClosed):
@@ -96,7 +112,7 @@ def main(argv: list[str]) -> int:
     if not path:
         _say(f"{SOCKET_ENV} is not set; the runtime sets it when it hands tasks to the sandbox host.")
         return EXIT_INFRASTRUCTURE
-    hello = {"protocol": wire.PROTOCOL, "code": code, "argv": argv, "cwd": os.getcwd()}
+    hello = wire.Hello(code, os.getcwd(), argv)
     try:
         sock = _handed_over(path, hello)
     except OSError as error:
@@ -105,18 +121,18 @@ def main(argv: list[str]) -> int:
 
     def forward(signum: int, _frame: object) -> None:
         try:
-            wire.send(sock, wire.SIGNAL, {"signum": signum})
+            wire.send(sock, wire.SIGNAL, signum)
         except OSError:
             pass
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
+    for signum in (SIGINT, SIGTERM, SIGHUP):
+        signal(signum, forward)
     streams = {wire.OUT: sys.stdout.buffer, wire.ERR: sys.stderr.buffer}
     try:
         while True:
             kind, payload = wire.receive(sock)
             if kind == wire.EXIT:
-                return int(wire.decode(payload).get("code", EXIT_INFRASTRUCTURE))
+                return wire.number(payload, EXIT_INFRASTRUCTURE)
             stream = streams.get(kind)
             if stream is not None:
                 stream.write(payload)

@@ -14,6 +14,8 @@ import sys
 
 from metaflow_sandbox_core import default_state_dir
 
+from .host_protocol import PROTOCOL
+
 HOST_DIR_ENV = "METAFLOW_SANDBOX_HOST_DIR"
 #: Set per task or per run by the runtime or this extension, or by the shell as it moves about: not part of
 #: the host's identity (everything else is: a backend may read any variable).
@@ -70,9 +72,10 @@ def environment_fingerprint(environ: dict[str, str] | None = None) -> str:
 
 
 def host_socket(environ: dict[str, str] | None = None) -> str:
-    """The socket of the host for this user, machine, Python and environment (in a 0700 directory)."""
+    """The socket of the host for this user, machine, Python, environment and wire protocol (in a 0700
+    directory)."""
     directory = default_state_dir("host", HOST_DIR_ENV)
-    return os.path.join(directory, f"{environment_fingerprint(environ)}.sock")
+    return os.path.join(directory, f"{environment_fingerprint(environ)}-p{PROTOCOL}.sock")
 
 
 def _start_time(pid: int) -> str | None:

@@ -130,26 +130,25 @@ class SandboxHost:
     def _serve_task(self, conn: socket.socket) -> None:
         try:
             kind, payload = wire.receive(conn)
-            hello = wire.decode(payload) if kind == wire.HELLO else {}
+            hello = wire.Hello.decode(payload) if kind == wire.HELLO else None
             if (
-                hello.get("protocol") != wire.PROTOCOL
-                or hello.get("code") != self.code
+                hello is None
+                or hello.protocol != wire.PROTOCOL
+                or hello.code != self.code
                 or self._retired.is_set()
             ):
-                wire.send(conn, wire.STALE, {"code": self.code})
+                wire.send(conn, wire.STALE, self.code)
                 self._retire()
                 return
-            wire.send(conn, wire.ACCEPT, {"code": self.code})
+            wire.send(conn, wire.ACCEPT, self.code)
             try:
                 code = self._run_task(conn, hello)
             except Exception as error:  # a bug or a broken task file: the task fails, the host goes on
-                self._log(
-                    f"task {hello.get('argv', [])[:4]} failed in the host: {error!r}\n{traceback.format_exc()}"
-                )
+                self._log(f"task {hello.argv[:4]} failed in the host: {error!r}\n{traceback.format_exc()}")
                 message = f"[sandbox] The sandbox host could not run the task: {error}\n".encode()
                 wire.send(conn, wire.ERR, message)
                 code = EXIT_INFRASTRUCTURE
-            wire.send(conn, wire.EXIT, {"code": code})
+            wire.send(conn, wire.EXIT, code)
         except (OSError, wire.ConnectionClosed) as error:
             self._log(f"lost a client: {error!r}")
         finally:
@@ -162,7 +161,7 @@ class SandboxHost:
                 self._tasks -= 1
                 self._last_active = time.monotonic()
 
-    def _run_task(self, conn: socket.socket, hello: dict) -> int:
+    def _run_task(self, conn: socket.socket, hello: wire.Hello) -> int:
         from .executor import TaskExecutor, load_task
 
         send_lock = threading.Lock()
@@ -177,11 +176,11 @@ class SandboxHost:
             except OSError:
                 client_gone.set()
 
-        launch, command = load_task(list(hello.get("argv") or []))
+        launch, command = load_task(hello.argv)
         executor = TaskExecutor(
             launch,
             command,
-            cwd=str(hello.get("cwd") or os.getcwd()),
+            cwd=hello.cwd or os.getcwd(),
             say=lambda message: send(wire.ERR, f"[sandbox] {message}\n".encode()),
             output=lambda stream, line: send(wire.OUT if stream == "stdout" else wire.ERR, line),
             backends=self._backend,
@@ -195,7 +194,7 @@ class SandboxHost:
                 while True:
                     kind, payload = wire.receive(conn)
                     if kind == wire.SIGNAL:
-                        executor.interrupt(int(wire.decode(payload).get("signum", 15)))
+                        executor.interrupt(wire.number(payload, 15))
             except (OSError, wire.ConnectionClosed, ValueError):
                 client_gone.set()
                 executor.interrupt(9)
