@@ -41,7 +41,7 @@ from .step_command import StepCommand
 from .task_dirs import remove, sweep_once, task_dir
 from .task_launch import TaskLaunch
 from .uv_environment import UvTarget, environment_archive, environment_dir
-from .warm_pool import MAX_WAIT_SECONDS, WarmPool, WarmSandbox
+from .warm_pool import MAX_WAIT_SECONDS, Making, WarmPool, WarmSandbox
 
 EXIT_INFRASTRUCTURE = 202  # metaflow.exception.METAFLOW_EXIT_DISALLOW_RETRY
 EXIT_TIMEOUT = 124
@@ -302,7 +302,9 @@ class TaskExecutor:
         launch = self.launch
         return json.dumps([launch.flow, launch.run_id, launch.step, launch.parents]) + "|"
 
-    def _prepare_ahead(self, backend: Backend, spec: SandboxSpec, channel: Channel) -> WarmSandbox:
+    def _prepare_ahead(
+        self, backend: Backend, spec: SandboxSpec, channel: Channel, making: Making
+    ) -> WarmSandbox:
         """A sandbox for a later task of this group: created, its bootstrap started with the code package and
         libraries ready, and waiting for that task's plan (armed).
 
@@ -327,6 +329,7 @@ class TaskExecutor:
             raise
         started: Started | None = None
         try:
+            making.created(sandbox)  # from now on, giving up the group destroys it at once
             base = _channel_dir(sandbox)
             package, _ = channel.package(base)
             plan = Plan(
@@ -384,7 +387,7 @@ class TaskExecutor:
             channel.base = _channel_dir(sandbox)
             if self._group is not None and pool is not None:
                 group = self._group
-                pool.fill(group, lambda: self._prepare_ahead(backend, spec, channel))
+                pool.fill(group, lambda making: self._prepare_ahead(backend, spec, channel, making))
             plan = self._plan(channel)
             bootstrap, plan_file = f"{channel.base}/bootstrap.py", f"{channel.base}/{PLAN_FILE}"
             if not warm:

@@ -6,7 +6,7 @@ group: created from the spec the group's tasks share, its bootstrap started and 
 libraries fetched and extracted), then waiting for its task's plan (armed). An arriving task takes one; none
 serves more than one task attempt, and none has run user code before its task. A group's sandboxes are
 destroyed when one of its tasks fails or is interrupted (the run may stop there), after `IDLE_SECONDS` without an arrival, when older than
-`MAX_WAIT_SECONDS`, and when the host exits.
+`MAX_WAIT_SECONDS`, and when the host exits; one still being prepared then is destroyed as soon as it exists.
 """
 
 from __future__ import annotations
@@ -43,12 +43,43 @@ class WarmSandbox:
         remove(self.staging)
 
 
+class Making:
+    """A sandbox being made ahead: its maker reports it as soon as the backend created it (`created`), so a
+    group given up (`cancel`) destroys it then, not only once its preparation ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sandbox: Sandbox | None = None
+        self.cancelled = False
+
+    def created(self, sandbox: Sandbox) -> None:
+        with self._lock:
+            self._sandbox = sandbox
+            cancelled = self.cancelled
+        if cancelled:
+            sandbox.destroy()  # the maker's next call on it fails, and it gives up
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            sandbox = self._sandbox
+        if sandbox is not None:
+            sandbox.destroy()
+
+
+@dataclass(eq=False)
+class _Entry:
+    made_at: float
+    future: Future[WarmSandbox]
+    making: Making
+
+
 @dataclass
 class _Group:
     size: int
     max_workers: int
     arrived: int = 0
-    ready: list[tuple[float, Future[WarmSandbox]]] = field(default_factory=list)
+    ready: list[_Entry] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
     stopped: bool = False  # a task of the group failed or was interrupted: make no more ahead
 
@@ -71,42 +102,39 @@ class WarmPool:
             entry = group.ready.pop(0) if group.ready else None
         if entry is None:
             return None
-        created, future = entry
         try:
-            warm = future.result()
+            warm = entry.future.result()
         except Exception:  # its maker logged why; the task creates its own
             return None
-        if time.monotonic() - created > MAX_WAIT_SECONDS:
+        if time.monotonic() - entry.made_at > MAX_WAIT_SECONDS:
             warm.destroy()
             return None
         return warm
 
-    def fill(self, key: str, make: Callable[[], WarmSandbox]) -> None:
+    def fill(self, key: str, make: Callable[[Making], WarmSandbox]) -> None:
         """Start making sandboxes until the group has one for each split still to come (up to max-workers)."""
         with self._lock:
             group = self._groups.get(key)
             if group is None or group.stopped:
                 return
             wanted = min(group.size - group.arrived, group.max_workers) - len(group.ready)
-            futures: list[Future[WarmSandbox]] = []
-            for _ in range(max(0, wanted)):
-                future: Future[WarmSandbox] = Future()
-                group.ready.append((time.monotonic(), future))
-                futures.append(future)
-        for future in futures:
-            threading.Thread(target=self._make, args=(make, future), name="warm", daemon=True).start()
+            entries = [_Entry(time.monotonic(), Future(), Making()) for _ in range(max(0, wanted))]
+            group.ready += entries
+        for entry in entries:
+            threading.Thread(target=self._make, args=(make, entry), name="warm", daemon=True).start()
 
-    def _make(self, make: Callable[[], WarmSandbox], future: Future[WarmSandbox]) -> None:
+    def _make(self, make: Callable[[Making], WarmSandbox], entry: _Entry) -> None:
         try:
-            future.set_result(make())
+            entry.future.set_result(make(entry.making))
         except BaseException as error:
-            self._log(f"could not prepare a sandbox ahead: {error}")
-            future.set_exception(error)
+            if not entry.making.cancelled:
+                self._log(f"could not prepare a sandbox ahead: {error}")
+            entry.future.set_exception(error)
 
     def drop(self, prefix: str) -> None:
         """Destroy the warm sandboxes of the groups whose key starts with `prefix` and make no more for them
         (one of their tasks failed or was interrupted: the run may stop there)."""
-        entries: list[tuple[float, Future[WarmSandbox]]] = []
+        entries: list[_Entry] = []
         with self._lock:
             for key, group in self._groups.items():
                 if key.startswith(prefix):
@@ -118,36 +146,39 @@ class WarmPool:
     def expire(self) -> None:
         """Destroy groups idle for `IDLE_SECONDS` and warm sandboxes past `MAX_WAIT_SECONDS`."""
         now = time.monotonic()
-        stale: list[tuple[float, Future[WarmSandbox]]] = []
+        stale: list[_Entry] = []
         with self._lock:
             for key, group in list(self._groups.items()):
                 if now - group.last_seen > IDLE_SECONDS:
                     stale += self._groups.pop(key).ready
                     continue
-                old = [entry for entry in group.ready if now - entry[0] > MAX_WAIT_SECONDS]
+                old = [entry for entry in group.ready if now - entry.made_at > MAX_WAIT_SECONDS]
                 group.ready = [entry for entry in group.ready if entry not in old]
                 stale += old
         _destroy_all(stale)
 
     def close(self, wait: float = 60.0) -> None:
-        """Destroy every warm sandbox, waiting up to `wait` seconds for those still being made."""
+        """Destroy every warm sandbox, waiting up to `wait` seconds for the makers still running to give up."""
         with self._lock:
-            groups, self._groups = list(self._groups.values()), {}
+            entries = [entry for group in self._groups.values() for entry in group.ready]
+            self._groups = {}
+        for entry in entries:
+            entry.making.cancel()
         deadline = time.monotonic() + wait
-        for group in groups:
-            for _, future in group.ready:
-                try:
-                    future.result(timeout=max(0.0, deadline - time.monotonic())).destroy()
-                except Exception:
-                    pass
+        for entry in entries:
+            try:
+                entry.future.result(timeout=max(0.0, deadline - time.monotonic())).destroy()
+            except Exception:
+                pass
 
     def count(self) -> int:
         with self._lock:
             return sum(len(group.ready) for group in self._groups.values())
 
 
-def _destroy_all(entries: list[tuple[float, Future[WarmSandbox]]]) -> None:
-    """Destroy each sandbox once it is made (a maker still running is waited for on a thread)."""
+def _destroy_all(entries: list[_Entry]) -> None:
+    """Destroy each sandbox: one made now, one still being made as soon as it exists (and whatever its maker
+    returns, once it gives up)."""
 
     def destroy(future: Future[WarmSandbox]) -> None:
         try:
@@ -155,8 +186,9 @@ def _destroy_all(entries: list[tuple[float, Future[WarmSandbox]]]) -> None:
         except Exception:
             pass
 
-    for _, future in entries:
-        if future.done():
-            destroy(future)
+    for entry in entries:
+        entry.making.cancel()
+        if entry.future.done():
+            destroy(entry.future)
         else:
-            future.add_done_callback(destroy)
+            entry.future.add_done_callback(destroy)
