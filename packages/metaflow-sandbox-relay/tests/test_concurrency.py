@@ -311,6 +311,38 @@ def test_a_stored_blob_without_a_version_is_read_for_every_task(tmp_path):
     assert opened.count(same) == 2
 
 
+def test_a_stored_blob_rewritten_while_it_is_read_is_read_again(tmp_path):
+    """Two tasks of a foreach may both store a blob they share (its gzip bytes differ, so its ETag changes):
+    a third task's relay that asked about the first version reads the one now stored, and is not failed."""
+    from metaflow_sandbox_relay import LocalDatastore
+    from metaflow_sandbox_relay.stores import Rewritten
+    from metaflow_sandbox_relay.vetting import vet_task
+
+    asked: list[str | None] = []
+
+    class RewrittenOnce(LocalDatastore):
+        concurrency = 8
+        rewrites = 1
+
+        def version(self, rel):
+            found = super().version(rel)
+            return None if found is None else f"{found}:{self.rewrites}"
+
+        def open(self, rel, version=None):
+            if "/data/" not in rel:
+                return super().open(rel, version)
+            asked.append(version)
+            if self.rewrites:
+                self.rewrites -= 1  # another relay stored it again after its version was asked
+                raise Rewritten(rel)
+            return super().open(rel, version)
+
+    staged, policy, scratch, store, _ = _foreach_child(tmp_path, RewrittenOnce, stored_elsewhere=1)
+    vetted = vet_task(staged, store, policy, scratch, lambda _: None)
+    assert vetted.blobs == []
+    assert len(asked) == 2 and asked[0] != asked[1], "read again, as the version now stored"
+
+
 def test_a_finished_input_is_read_once_for_all_its_children(tmp_path):
     """A foreach's children share their input: its listing, read for the first child, serves the next ones."""
     from metaflow_sandbox_relay import LocalDatastore

@@ -153,6 +153,11 @@ class LocalDatastore:
                 os.unlink(temporary)
 
 
+class Rewritten(Exception):
+    """The object is no longer the version asked about: another writer replaced it meanwhile (two relays may
+    both store a blob that a foreach's tasks share; its compressed bytes, hence its ETag, differ)."""
+
+
 #: Up to this size a relayed object is stored with one PUT; larger ones go through boto3's multipart transfer.
 SINGLE_PUT_BYTES = 8 << 20
 
@@ -196,9 +201,16 @@ class S3Datastore:
         return None if head is None else str(head.get("ETag", ""))
 
     def open(self, rel: str, version: str | None = None) -> IO[bytes]:
-        """Read `rel`; with `version` (an ETag), only that content (the store refuses if it was rewritten)."""
+        """Read `rel`; with `version` (an ETag), only that content: `Rewritten` if it was rewritten since."""
+        from botocore.exceptions import ClientError
+
         extra = {"IfMatch": version} if version else {}
-        body: IO[bytes] = self.client.get_object(Bucket=self.bucket, Key=self.key(rel), **extra)["Body"]
+        try:
+            body: IO[bytes] = self.client.get_object(Bucket=self.bucket, Key=self.key(rel), **extra)["Body"]
+        except ClientError as error:
+            if version and str(error.response.get("Error", {}).get("Code")) in ("412", "PreconditionFailed"):
+                raise Rewritten(rel) from error
+            raise
         return body
 
     def cas_raw(self, rel: str) -> bool | None:

@@ -28,7 +28,7 @@ from .artifact_check import TrustRule, open_artifact, pickle_problem, trust_rule
 from .blob_check import CHUNK, BlobRefused, Budget, copy_verified_blob
 from .scope import RelayRefusedError
 from .staging import Limits, StagedTask
-from .stores import Datastore, each
+from .stores import Datastore, Rewritten, each
 
 _ATTEMPT_FILE = re.compile(r"^(\d+)\.DONE\.lock$")
 #: Gzip framing on top of deflate's worst case: a stored blob this much over its declared size is refused unread.
@@ -122,6 +122,8 @@ class _Memo:
 #: blob exists and which version it is are asked every time, so a store emptied or rewritten is never
 #: trusted from memory; a blob whose store names no version is never remembered.
 SAFE_BLOBS = _Memo(10_000)
+#: How many times a stored blob is read when it keeps being rewritten while it is read.
+REREADS = 3
 #: The blobs an input's finished attempt lists, by where the input is: it never changes once finished (writes are
 #: create-only; a child runs after its inputs finished), and a foreach's children share their input.
 FINISHED_INPUTS = _Memo(64)
@@ -322,13 +324,19 @@ def _vet(
 
     def scan(item: tuple[int, str, str, str]) -> str | None:
         _, names, rel, version = item
-        try:
-            raw = store.cas_raw(rel)
-            with store.open(rel, version) as stream:  # the version asked about, or a refusal
-                metered = io.BufferedReader(_Metered(stream, budget))
-                why = pickle_problem(open_artifact(metered, raw is True), allowed)
-        except BlobRefused as error:
-            return f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}"
+        for _read in range(REREADS):
+            try:
+                raw = store.cas_raw(rel)
+                with store.open(rel, version) as stream:  # the version asked about, or `Rewritten`
+                    metered = io.BufferedReader(_Metered(stream, budget))
+                    why = pickle_problem(open_artifact(metered, raw is True), allowed)
+                break
+            except Rewritten:  # stored again meanwhile (another task's relay): check what is there now
+                version = str(store.version(rel))
+            except BlobRefused as error:
+                return f"artifact {names}{' ' if str(error).startswith('cannot') else ': '}{error}"
+        else:
+            return f"artifact {names}: {rel} was rewritten each of the {REREADS} times it was read"
         if why:
             return f"artifact {names} (already stored) cannot be loaded safely: {why}"
         if version:  # a store that names no version could be rewritten unseen: remember nothing
