@@ -99,9 +99,8 @@ class TaskExecutor:
         self.cwd = cwd or os.getcwd()  # the task's: relative paths of its command line resolve there
         self.warm_pool = warm_pool
         self._group: str | None = None  # this task's group in the warm pool, if it has one
-        self._staging_mount: str | None = (
-            None  # the spec's mount of `staging`, the one part no sibling shares
-        )
+        # The spec's mount of `staging`: the one part of a foreach split's spec that no sibling shares.
+        self._staging_mount: str | None = None
         self._interrupted: int | None = None
         self._sandbox: Sandbox | None = None
         self._sandbox_lock = threading.Lock()
